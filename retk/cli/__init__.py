@@ -1,0 +1,1 @@
+"""The ``retk`` command line, a thin layer over the Python API."""

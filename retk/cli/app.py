@@ -1,0 +1,61 @@
+"""The Typer application and the error handling shared by every command."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+import typer
+from rich.console import Console
+
+from retk.errors import RetkError
+
+app = typer.Typer(
+    name="retk",
+    help="Index corpora, search them and evaluate retrieval quality.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(stderr=True)
+state = {"debug": False}
+
+
+@app.callback()
+def configure(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks and debug logs."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show info logs."),
+) -> None:
+    state["debug"] = debug
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # bm25s sets its own logger to DEBUG at import, which would print through the root handler.
+    logging.getLogger("bm25s").setLevel(level)
+
+
+def main() -> None:
+    """Run the CLI; a retk error prints one line on stderr and exits with status 2."""
+    try:
+        app(standalone_mode=False)
+    except RetkError as error:
+        _fail(error, 2)
+    except (OSError, ValueError) as error:
+        _fail(error, 1)
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    except click.exceptions.Abort:
+        sys.exit(1)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+
+
+def _fail(error: Exception, code: int) -> None:
+    if state["debug"]:
+        raise error
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(code)

@@ -1,0 +1,113 @@
+"""Build an index folder from a corpus: stream, encode, index, write atomically."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from retk import __version__
+from retk.datasets import BeirDataset, CorpusReader, is_beir_folder
+from retk.embeddings import Encoder, load_encoder
+from retk.hardware import describe_hardware
+from retk.retrieval.atomic import atomic_directory
+from retk.retrieval.dense import DenseIndexBuilder
+from retk.retrieval.docstore import DOCSTORE_NAME, DocumentStoreWriter
+from retk.retrieval.index import Index
+from retk.retrieval.lexical import LexicalIndexBuilder
+from retk.retrieval.manifest import FORMAT_VERSION, MANIFEST_NAME, write_manifest
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int], None]
+BUILDERS: dict[str, type] = {"dense": DenseIndexBuilder, "lexical": LexicalIndexBuilder}
+DEFAULT_BATCH_DOCUMENTS = 1024
+
+
+def open_corpus(corpus: str | Path | CorpusReader, **options: Any) -> CorpusReader:
+    """Return a reader for a BEIR folder, a corpus file, or an existing reader."""
+    if isinstance(corpus, CorpusReader):
+        return corpus
+    if is_beir_folder(corpus) and not options:
+        return BeirDataset.open(corpus).corpus()
+    return CorpusReader(corpus, **options)
+
+
+def build_index(
+    corpus: str | Path | CorpusReader,
+    out: str | Path,
+    encoder: str | Encoder = "minilm",
+    *,
+    index_spec: str = "auto",
+    batch_documents: int = DEFAULT_BATCH_DOCUMENTS,
+    overwrite: bool = False,
+    progress: ProgressCallback | None = None,
+    **corpus_options: Any,
+) -> Index:
+    """Build an index of ``corpus`` in the folder ``out`` and open it.
+
+    ``corpus`` is a BEIR dataset folder, a JSONL/CSV/TSV/Parquet file (see
+    :class:`~retk.datasets.CorpusReader` for ``corpus_options``) or a reader.
+    ``encoder`` is ``"minilm"`` (the bundled all-MiniLM-L6-v2), ``"bm25"``, a
+    local sentence-transformers folder or an :class:`~retk.embeddings.Encoder`.
+    ``index_spec`` is a FAISS factory string or ``"auto"``. ``progress`` is
+    called with ``(documents_done, documents_expected)`` after each batch.
+    The folder appears only when complete (see :func:`atomic_directory`).
+    """
+    reader = open_corpus(corpus, **corpus_options)
+    encoder = load_encoder(encoder)
+    expected = reader.count()
+    started = time.perf_counter()
+    with atomic_directory(out, overwrite=overwrite) as folder:
+        builder = BUILDERS[encoder.kind](encoder, folder, index_spec)
+        store = DocumentStoreWriter(folder, reader.path)
+        for batch in reader.batches(batch_documents):
+            store.add(batch)
+            builder.add(batch)
+            if progress is not None:
+                progress(store.count, expected)
+        if store.count == 0:
+            raise ValueError(f"{reader.path} holds no indexable documents")
+        store.close()
+        section = builder.finish()
+        manifest = _manifest(reader, encoder, store.count, section, time.perf_counter() - started)
+        write_manifest(folder, manifest)
+    logger.info("built %s: %d documents in %.1f s", out, store.count, manifest["build"]["seconds"])
+    return Index.open(out)
+
+
+def _manifest(reader: CorpusReader, encoder: Encoder, count: int, section: dict[str, Any], seconds: float) -> dict[str, Any]:
+    timings = section.pop("timings")
+    files = [DOCSTORE_NAME, *section.pop("files")]
+    encode_seconds = timings["encode_seconds"]
+    return {
+        "format_version": FORMAT_VERSION,
+        "retk_version": __version__,
+        "retriever": encoder.kind,
+        "encoder": encoder.config(),
+        "encoder_name": encoder.name,
+        "document_count": count,
+        "skipped_documents": reader.skipped.to_dict(),
+        "corpus": {
+            "path": str(reader.path.resolve()),
+            "format": reader.format,
+            "sha256": reader.checksum,
+            "fields": {"id": reader.id_field or "_id or id", "title": reader.title_field, "text": reader.text_field},
+        },
+        "build": {
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "seconds": round(seconds, 3),
+            "encode_seconds": round(encode_seconds, 3),
+            "index_seconds": round(timings["index_seconds"], 3),
+            "documents_per_second": round(count / encode_seconds, 2) if encode_seconds > 0 else None,
+            "hardware": describe_hardware(),
+        },
+        "files": files,
+        **section,
+    }
+
+
+__all__ = ["MANIFEST_NAME", "build_index", "open_corpus"]

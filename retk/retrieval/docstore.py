@@ -1,0 +1,101 @@
+"""The Parquet document store of an index: id, title, text and one column per attribute."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from retk.datasets.documents import Document
+from retk.errors import InputError
+
+DOCSTORE_NAME = "documents.parquet"
+BASE_FIELDS = [pa.field("id", pa.string()), pa.field("title", pa.string()), pa.field("text", pa.string())]
+
+
+class DocumentStoreWriter:
+    """Write documents in batches, then merge them into one Parquet file with unified attribute types.
+
+    Each batch becomes a part file with its own inferred schema; :meth:`close`
+    unifies the schemas (an attribute that is an integer in one batch and a
+    float in another becomes float; absent attributes become nulls) and
+    streams the parts into ``documents.parquet``. Memory stays at one batch.
+    """
+
+    def __init__(self, folder: Path, source: Path | None = None) -> None:
+        self.folder = folder
+        self.source = source
+        self.parts: list[Path] = []
+        self.count = 0
+
+    def add(self, documents: Sequence[Document]) -> None:
+        table = self._to_table(documents)
+        part = self.folder / f"documents.part{len(self.parts):06d}.parquet"
+        pq.write_table(table, part)
+        self.parts.append(part)
+        self.count += len(documents)
+
+    def close(self) -> pa.Schema:
+        schemas = [pq.read_schema(part) for part in self.parts] or [pa.schema(BASE_FIELDS)]
+        try:
+            schema = pa.unify_schemas(schemas, promote_options="permissive")
+        except (pa.ArrowTypeError, pa.ArrowInvalid) as error:
+            raise InputError(f"an attribute has incompatible types across documents: {error}", path=self.source) from None
+        with pq.ParquetWriter(self.folder / DOCSTORE_NAME, schema) as writer:
+            for part in self.parts:
+                writer.write_table(_conform(pq.read_table(part), schema, self.source))
+                part.unlink()
+        return schema
+
+    def _to_table(self, documents: Sequence[Document]) -> pa.Table:
+        columns: dict[str, pa.Array] = {
+            "id": pa.array([d.id for d in documents], pa.string()),
+            "title": pa.array([d.title for d in documents], pa.string()),
+            "text": pa.array([d.text for d in documents], pa.string()),
+        }
+        names = sorted({name for d in documents for name in d.attributes})
+        for name in names:
+            values = [d.attributes.get(name) for d in documents]
+            try:
+                columns[name] = pa.array(values)
+            except (pa.ArrowTypeError, pa.ArrowInvalid) as error:
+                raise InputError(f"attribute values of mixed types ({error})", path=self.source, field=name) from None
+        return pa.table(columns)
+
+
+def _conform(table: pa.Table, schema: pa.Schema, source: Path | None) -> pa.Table:
+    columns = []
+    for field in schema:
+        if field.name in table.column_names:
+            column = table.column(field.name)
+            try:
+                columns.append(column.cast(field.type))
+            except (pa.ArrowTypeError, pa.ArrowInvalid) as error:
+                raise InputError(f"cannot convert attribute to {field.type} ({error})", path=source, field=field.name) from None
+        else:
+            columns.append(pa.nulls(len(table), field.type))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+class DocumentStore:
+    """Read access to ``documents.parquet`` by row number; row i is FAISS id i."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.table = pq.read_table(path, memory_map=True)
+        self.ids = self.table.column("id").to_pylist()
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    @property
+    def attribute_names(self) -> list[str]:
+        return [name for name in self.table.column_names if name not in ("id", "title", "text")]
+
+    def rows(self, rows: Sequence[int] | np.ndarray) -> list[dict[str, Any]]:
+        """Return the stored fields of the given rows, in order."""
+        return self.table.take(pa.array(np.asarray(rows, dtype=np.int64))).to_pylist()
