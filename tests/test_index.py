@@ -38,7 +38,8 @@ def test_bm25_index_folder_and_manifest(small_corpus, tmp_path):
     manifest = index.manifest
     assert manifest["retriever"] == "lexical"
     assert manifest["document_count"] == 4
-    assert manifest["encoder"]["k1"] == 1.5 and manifest["encoder"]["stemmer"] == "english"
+    assert manifest["encoder"]["k1"] == 1.5
+    assert manifest["encoder"]["stemmer"] == "english"
     assert manifest["corpus"]["sha256"] == __import__("hashlib").sha256(small_corpus.read_bytes()).hexdigest()
     assert index.documents.attribute_names == ["year"]
     assert not list(tmp_path.glob(".idx.tmp-*"))
@@ -64,7 +65,8 @@ def test_dense_ties_and_no_padding(small_corpus, tmp_path, minilm_encoder):
     index = build_index(small_corpus, tmp_path / "dense", minilm_encoder)
     result = index.search("cats", k=10)
     assert [h.doc_id for h in result.hits][:2] == ["a", "b"]
-    assert len(result.hits) == 4 and result.note is not None
+    assert len(result.hits) == 4
+    assert result.note is not None
     assert all(h.doc_id in {"a", "b", "c", "d"} for h in result.hits)
     assert index.search("birds", k=1).hits[0].attributes == {"year": 2021}
     vectors = index.embeddings()

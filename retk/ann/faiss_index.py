@@ -69,23 +69,34 @@ def build_faiss_index(vectors: np.ndarray, spec: str) -> faiss.Index:
     spaced sample of at most 64 vectors per centroid.
     """
     count, dimension = vectors.shape
+    index = new_faiss_index(dimension, spec)
+    if not index.is_trained:
+        index.train(np.ascontiguousarray(vectors[training_rows(index, count)], dtype=np.float32))
+    add_vectors(index, vectors)
+    return index
+
+
+def new_faiss_index(dimension: int, spec: str) -> faiss.Index:
+    """Create an empty inner-product index of ``spec`` with retk's HNSW construction setting."""
     index = faiss.index_factory(dimension, spec, faiss.METRIC_INNER_PRODUCT)
     hnsw = _hnsw_of(index)
     if hnsw is not None:
         hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-    if not index.is_trained:
-        index.train(_training_sample(vectors, index))
-    for start in range(0, count, ADD_CHUNK_ROWS):
-        index.add(np.ascontiguousarray(vectors[start : start + ADD_CHUNK_ROWS], dtype=np.float32))
     return index
 
 
-def _training_sample(vectors: np.ndarray, index: faiss.Index) -> np.ndarray:
+def training_rows(index: faiss.Index, count: int) -> np.ndarray:
+    """Return the rows, out of ``count``, that train ``index``: evenly spaced, 64 per centroid."""
     ivf = _ivf_of(index)
     centroids = ivf.nlist if ivf is not None else 256
-    size = min(len(vectors), centroids * IVF_TRAINING_POINTS_PER_CENTROID)
-    rows = np.linspace(0, len(vectors) - 1, size).astype(np.int64)
-    return np.ascontiguousarray(vectors[rows], dtype=np.float32)
+    size = min(count, centroids * IVF_TRAINING_POINTS_PER_CENTROID)
+    return np.linspace(0, count - 1, size).astype(np.int64)
+
+
+def add_vectors(index: faiss.Index, vectors: np.ndarray) -> None:
+    """Add ``vectors`` in chunks of ``ADD_CHUNK_ROWS`` rows, so a memory map is never copied whole."""
+    for start in range(0, len(vectors), ADD_CHUNK_ROWS):
+        index.add(np.ascontiguousarray(vectors[start : start + ADD_CHUNK_ROWS], dtype=np.float32))
 
 
 def _hnsw_of(index: faiss.Index) -> Any:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import sys
 
-import click
 import typer
 from rich.console import Console
 
@@ -35,23 +34,18 @@ def configure(
 
 
 def main() -> None:
-    """Run the CLI; a retk error prints one line on stderr and exits with status 2."""
+    """Run the CLI; a retk error prints one line on stderr and exits with status 2.
+
+    Typer's standalone mode already turns usage errors (exit status 2) and
+    Ctrl-C into a message and an exit status, so only retk's own errors and
+    file or value errors are caught here.
+    """
     try:
-        app(standalone_mode=False)
+        app()
     except RetkError as error:
         _fail(error, 2)
     except (OSError, ValueError) as error:
         _fail(error, 1)
-    except KeyboardInterrupt:
-        console.print("interrupted")
-        sys.exit(130)
-    except click.exceptions.Exit as done:
-        sys.exit(done.exit_code)
-    except click.exceptions.Abort:
-        sys.exit(1)
-    except click.ClickException as error:
-        error.show()
-        sys.exit(error.exit_code)
 
 
 def _fail(error: Exception, code: int) -> None:

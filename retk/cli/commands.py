@@ -11,36 +11,59 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from retk.cli.app import app, console
+from retk.embeddings import Encoder, load_encoder
+from retk.errors import RetkError
 from retk.evaluation import evaluate
 from retk.retrieval import Index, build_index
+from retk.retrieval.rerank import DEFAULT_RERANK_DEPTH, load_reranker, search_and_rerank
+
+
+INDEX_ENGINES = ("local", "ray")
 
 
 @app.command("index")
 def index_command(
     corpus: Path = typer.Argument(..., help="BEIR dataset folder, or a corpus file (.jsonl, .csv, .tsv, .parquet)."),
     out: Path = typer.Option(..., "--out", "-o", help="Index folder to create."),
-    encoder: str = typer.Option("minilm", help="'minilm' (bundled all-MiniLM-L6-v2), 'bm25', or a local sentence-transformers folder."),
+    encoder: str = typer.Option("minilm", help="'minilm' (bundled all-MiniLM-L6-v2), 'bm25', 'smollm2' (bundled SmolLM2-135M LLM encoder), a local sentence-transformers or causal-LM folder, a LoRA adapter from 'retk train llm', or a .gguf file."),
+    instruction: Optional[str] = typer.Option(None, "--instruction", help="Query task instruction for LLM encoders, saved in the manifest: the text, or 'auto' to pick it by the corpus folder's name (scifact, nfcorpus...)."),
     index_spec: str = typer.Option("auto", "--index-spec", help="FAISS factory string (Flat, HNSW32,Flat, IVF1024,Flat...); 'auto' is Flat up to 200,000 documents, HNSW above."),
     id_field: Optional[str] = typer.Option(None, help="Id column or key of a corpus file (default: _id, else id)."),
     title_field: str = typer.Option("title", help="Title column or key of a corpus file."),
     text_field: str = typer.Option("text", help="Text column or key of a corpus file."),
     batch_documents: int = typer.Option(1024, help="Documents read and encoded per batch."),
     overwrite: bool = typer.Option(False, help="Replace an existing index folder once the new one is complete."),
+    domain: Optional[str] = typer.Option(None, "--domain", help="Domain whose expert encodes the corpus and, by default, the queries (MoE encoders only)."),
+    engine: str = typer.Option("local", "--engine", help="'local' builds in this process; 'ray' encodes shards on a Ray cluster (needs the 'distributed' extra of retk)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address, e.g. ray://head:10001 or auto; default: start a local Ray instance on 127.0.0.1."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Encoder actors with --engine ray (default: one per GPU, or per CPU without GPUs)."),
+    gpus_per_worker: Optional[float] = typer.Option(None, "--gpus-per-worker", help="GPUs each encoder actor reserves with --engine ray (default: 1 when the cluster has GPUs, else 0)."),
 ) -> None:
     """Build an index folder from a corpus."""
+    if engine not in INDEX_ENGINES:
+        raise typer.BadParameter(f"unknown engine '{engine}'; expected one of {', '.join(INDEX_ENGINES)}", param_hint="--engine")
+    if domain is not None:
+        encoder = _route_by_domain(load_encoder(encoder), domain)
+    if instruction is not None:
+        encoder = _with_instruction(encoder, instruction, corpus)
     options = {}
     if corpus.is_file():
         options = {"id_field": id_field, "title_field": title_field, "text_field": text_field}
     with _progress() as progress:
         task = progress.add_task(f"indexing {corpus.name}", total=None)
-        index = build_index(
+        build_function, engine_options = build_index, {"batch_documents": batch_documents}
+        if engine == "ray":
+            from retk.distributed import build_index_ray  # Ray is imported only for this engine.
+
+            build_function, engine_options = build_index_ray, {"ray_address": ray_address, "workers": workers, "gpus_per_worker": gpus_per_worker}
+        index = build_function(
             corpus,
             out,
             encoder,
             index_spec=index_spec,
-            batch_documents=batch_documents,
             overwrite=overwrite,
             progress=lambda done, total: progress.update(task, completed=done, total=total),
+            **engine_options,
             **options,
         )
     build = index.manifest["build"]
@@ -59,15 +82,36 @@ def search_command(
     query: str = typer.Argument(..., help="Query text."),
     k: int = typer.Option(10, "-k", help="Number of documents to return."),
     as_json: bool = typer.Option(False, "--json", help="Print the hits as JSON on stdout."),
+    rerank: Optional[str] = typer.Option(None, "--rerank", help="Cross-encoder folder that reranks the first stage's top documents."),
+    rerank_depth: int = typer.Option(DEFAULT_RERANK_DEPTH, "--rerank-depth", help="First-stage documents the cross-encoder rescores."),
+    domain: Optional[str] = typer.Option(None, "--domain", help="Domain whose expert encodes the query, overriding the index's (MoE encoders only)."),
+    filter_text: Optional[str] = typer.Option(None, "--filter", help="Attribute filter, e.g. \"domain = 'scifact' and year >= 2020\" (operators: = != < <= > >= in, not in, between, contains, is null, and, or, not)."),
+    strategy: str = typer.Option("auto", "--strategy", help="Filtered-search strategy: auto (the planner chooses), exact, hnsw, ivf, hnswlib or postfilter."),
+    explain: bool = typer.Option(False, "--explain", help="Print the filter's selectivity, the chosen strategy and why."),
 ) -> None:
     """Search an index and print the top-k documents."""
-    result = Index.open(index_path).search(query, k=k)
+    index = Index.open(index_path)
+    if domain is not None:
+        _route_by_domain(index.encoder, domain)
+    if filter_text is not None or strategy != "auto" or explain:
+        if rerank is not None:
+            raise typer.BadParameter("--filter, --strategy and --explain cannot be combined with --rerank yet", param_hint="--rerank")
+        result = index.search(query, k=k, filter=filter_text, strategy=strategy)
+        if explain:
+            console.print(result.explanation, markup=False, highlight=False)
+    elif rerank is None:
+        result = index.search(query, k=k)
+    else:
+        result = search_and_rerank(index, [query], load_reranker(rerank), k=k, depth=rerank_depth)[0]
     if as_json:
         hits = [
             {"rank": h.rank, "doc_id": h.doc_id, "score": h.score, "title": h.title, "text": h.text, "attributes": h.attributes}
             for h in result.hits
         ]
-        print(json.dumps({"query": query, "k": k, "hits": hits, "note": result.note}, ensure_ascii=False, indent=2))
+        extra = {"filter": result.filter, "matched": result.matched} if result.filter is not None else {}
+        if explain and result.plan is not None:
+            extra["explain"] = result.explanation
+        print(json.dumps({"query": query, "k": k, "hits": hits, "note": result.note, **extra}, ensure_ascii=False, indent=2))
         return
     table = Table("rank", "doc id", "score", "title / text")
     for hit in result.hits:
@@ -79,26 +123,41 @@ def search_command(
 
 @app.command("eval")
 def eval_command(
-    dataset: Path = typer.Option(..., help="BEIR dataset folder (corpus.jsonl, queries.jsonl, qrels/)."),
-    index_path: Path = typer.Option(..., "--index", help="Index folder built from that dataset's corpus."),
+    dataset: Optional[Path] = typer.Option(None, help="Dataset folder: BEIR (corpus.jsonl, queries.jsonl, qrels/) or Multi-CPR."),
+    index_path: Optional[Path] = typer.Option(None, "--index", help="Index folder built from that dataset's corpus."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Matrix config (YAML): evaluate every retriever on every dataset it lists, resuming finished cells."),
     split: str = typer.Option("test", help="Qrels split: qrels/<split>.tsv."),
-    output: Optional[Path] = typer.Option(None, help="Results JSON to write."),
+    output: Optional[Path] = typer.Option(None, help="Results JSON to write (with --config: the results folder)."),
     run: Optional[Path] = typer.Option(None, help="TREC run file to write."),
     depth: int = typer.Option(1000, help="Documents retrieved per query."),
     keep_identical_ids: bool = typer.Option(False, help="Keep hits whose id equals the query id (BEIR drops them)."),
     skip_unknown_qrels: bool = typer.Option(False, help="Drop, and count, judgements naming unknown queries or documents instead of failing."),
+    rerank: Optional[str] = typer.Option(None, "--rerank", help="Cross-encoder folder that reranks each query's top documents."),
+    rerank_depth: int = typer.Option(DEFAULT_RERANK_DEPTH, "--rerank-depth", help="First-stage documents per query the cross-encoder rescores."),
 ) -> None:
     """Evaluate an index on a dataset split and print nDCG@10, MRR@10, Recall and MAP."""
-    result = evaluate(
-        index_path,
-        dataset,
-        split=split,
-        depth=depth,
-        ignore_identical_ids=not keep_identical_ids,
-        on_unknown_qrels="skip" if skip_unknown_qrels else "error",
-        run_path=run,
-        output_path=output,
-    )
+    if config is not None:
+        from retk.evaluation.matrix import run_from_cli
+
+        run_from_cli(config, results_dir=output, console=console)
+        return
+    if dataset is None or index_path is None:
+        raise RetkError("retk eval needs --dataset and --index, or --config")
+    with _progress("pairs") as progress:
+        task = progress.add_task("reranking", total=None, visible=rerank is not None)
+        result = evaluate(
+            index_path,
+            dataset,
+            split=split,
+            depth=depth,
+            ignore_identical_ids=not keep_identical_ids,
+            on_unknown_qrels="skip" if skip_unknown_qrels else "error",
+            run_path=run,
+            output_path=output,
+            rerank=rerank,
+            rerank_depth=rerank_depth,
+            rerank_progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
     table = Table("metric", "value", title=f"{result.info['dataset']} {split} ({result.info['query_count']} queries)")
     for name, value in result.metrics.items():
         table.add_row(name, f"{value:.4f}")
@@ -115,12 +174,12 @@ def info_command(index_path: Path = typer.Argument(..., metavar="INDEX", help="I
     print(json.dumps(manifest, indent=2, sort_keys=True))
 
 
-def _progress() -> Progress:
+def _progress(unit: str = "docs") -> Progress:
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("docs"),
+        TextColumn(unit),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
@@ -128,5 +187,26 @@ def _progress() -> Progress:
     )
 
 
+def _route_by_domain(encoder: Encoder, domain: str) -> Encoder:
+    """Set the domain of an encoder that routes by domain (an MoE encoder); reject --domain for others."""
+    if not getattr(encoder, "supports_domain", False):
+        raise RetkError(f"encoder {encoder.name} does not route by domain; --domain applies to MoE model folders from 'retk train moe'")
+    encoder.domain = domain
+    return encoder
+
+
 def _snippet(text: str, width: int = 90) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _with_instruction(spec: str | Encoder, instruction: str, corpus: Path) -> Encoder:
+    from retk.embeddings import LLMEncoder
+    from retk.embeddings.instructions import instruction_for
+
+    text = instruction_for(corpus.name if corpus.is_dir() else corpus.parent.name) if instruction == "auto" else instruction
+    if isinstance(spec, Encoder):
+        raise RetkError("--instruction applies to LLM encoders only")
+    encoder = load_encoder(spec, instruction=text)
+    if not isinstance(encoder, LLMEncoder):
+        raise RetkError(f"--instruction applies to LLM encoders only, not '{spec}'")
+    return encoder

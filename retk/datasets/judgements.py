@@ -38,7 +38,8 @@ def read_qrels(path: str | Path) -> Qrels:
     """Read a qrels file into ``{query_id: {doc_id: relevance}}``.
 
     Accepts BEIR's three tab-separated columns (query, document, relevance),
-    with or without a header line, and TREC's four (query, iteration,
+    with or without a header line (a first line whose relevance column is not
+    an integer is taken as the header), and TREC's four (query, iteration,
     document, relevance). Relevance is a graded integer; rows with relevance 0
     are kept as judged non-relevant. A repeated (query, document) pair raises.
     """

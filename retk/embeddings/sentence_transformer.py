@@ -39,7 +39,7 @@ class SentenceTransformerEncoder(DenseEncoder):
     ``"passage: "`` for E5 models). With ``normalize=True`` the vectors are
     L2-normalised and similarity is cosine; otherwise it is the raw dot
     product. Nothing is downloaded: a model name that is not a local folder
-    fails unless the Hugging Face cache already holds it.
+    fails unless the Hugging Face cache already contains it.
 
     Example::
 

@@ -5,17 +5,19 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from retk.datasets import BeirDataset, check_qrels
+from retk.datasets import BeirDataset, check_qrels, open_dataset
 from retk.evaluation.metrics import DEFAULT_METRICS, Run, mean_metrics, per_query_metrics
 from retk.evaluation.trec import drop_identical_ids, write_trec_run
 from retk.hardware import describe_hardware
 from retk.retrieval import Index
+from retk.retrieval.rerank import DEFAULT_RERANK_DEPTH, CrossEncoderReranker, document_texts, load_reranker
 
 logger = logging.getLogger(__name__)
 
@@ -55,17 +57,25 @@ def evaluate(
     on_unknown_qrels: str = "error",
     run_path: str | Path | None = None,
     output_path: str | Path | None = None,
+    rerank: Any = None,
+    rerank_depth: int = DEFAULT_RERANK_DEPTH,
+    rerank_progress: Callable[[int, int], None] | None = None,
 ) -> EvaluationResult:
     """Search every judged query of ``split`` and score the run with pytrec_eval.
 
     ``ignore_identical_ids`` drops hits whose id equals the query id before
-    scoring, as BEIR does (it matters on datasets such as ArguAna and Quora
-    where queries are also documents); the choice is recorded. Qrels that
+    scoring, as BEIR does. It matters on datasets such as ArguAna and Quora,
+    where queries are also documents, and the choice is recorded. Qrels that
     name unknown queries or documents raise unless ``on_unknown_qrels="skip"``,
     which drops and counts them.
+
+    ``rerank`` (a cross-encoder folder or a
+    :class:`~retk.retrieval.rerank.CrossEncoderReranker`) rescores each
+    query's first ``rerank_depth`` retrieved documents; the rest keep their
+    first-stage order. ``rerank_progress(done, total)`` counts scored pairs.
     """
     index = index if isinstance(index, Index) else Index.open(index)
-    dataset = dataset if isinstance(dataset, BeirDataset) else BeirDataset.open(dataset)
+    dataset = open_dataset(dataset)
     queries = dataset.queries()
     qrels_path = dataset.qrels_path(split)
     qrels, skipped = check_qrels(
@@ -85,17 +95,41 @@ def evaluate(
     if ignore_identical_ids:
         run = drop_identical_ids(run)
     run = {query_id: ranked[:depth] for query_id, ranked in run.items()}
+    reranker, rerank_seconds = None, 0.0
+    if rerank is not None:
+        reranker = load_reranker(rerank)
+        started = time.perf_counter()
+        run = _rerank_run(index, reranker, run, {query_id: queries[query_id] for query_id in run}, rerank_depth, rerank_progress)
+        rerank_seconds = time.perf_counter() - started
     per_query = per_query_metrics(qrels, run, DEFAULT_METRICS)
     metrics = mean_metrics(per_query)
     info = _provenance(index, dataset, split, depth, ignore_identical_ids, skipped, len(query_ids), search_seconds)
+    if reranker is not None:
+        info["rerank"] = {**reranker.config(), "depth": rerank_depth}
+        info["timings"]["rerank_seconds"] = round(rerank_seconds, 3)
     result = EvaluationResult(metrics=metrics, per_query=per_query, run=run, info=info)
 
     if run_path is not None:
-        write_trec_run(run, run_path, tag=f"retk-{index.encoder.name}")
+        tag = f"retk-{index.encoder.name}" + (f"+{reranker.name}" if reranker is not None else "")
+        write_trec_run(run, run_path, tag=tag)
     if output_path is not None:
         result.save(output_path)
     logger.info("%s %s: nDCG@10 %.4f over %d queries", dataset.name, split, metrics["nDCG@10"], len(per_query["nDCG@10"]))
     return result
+
+
+def _rerank_run(
+    index: Index,
+    reranker: CrossEncoderReranker,
+    run: Run,
+    queries: dict[str, str],
+    depth: int,
+    progress: Callable[[int, int], None] | None,
+) -> Run:
+    query_ids = list(run)
+    texts = document_texts(index, [doc_id for ranked in run.values() for doc_id, _ in ranked[:depth]])
+    reranked = reranker.rerank([queries[q] for q in query_ids], [run[q] for q in query_ids], texts, depth=depth, progress=progress)
+    return dict(zip(query_ids, reranked))
 
 
 def _known_document_ids(index: Index) -> set[str]:
@@ -124,7 +158,11 @@ def _provenance(
         "retriever": manifest["retriever"],
         "encoder": manifest["encoder"],
         "encoder_name": manifest["encoder_name"],
-        "index": {"path": str(index.path.resolve()), **manifest["index"], "document_count": manifest["document_count"]},
+        "index": {
+            "path": str(index.path.resolve()) if index.path is not None else None,
+            **manifest["index"],
+            "document_count": manifest["document_count"],
+        },
         "corpus_sha256": manifest["corpus"]["sha256"],
         "settings": {"depth": depth, "ignore_identical_ids": ignore_identical_ids, "tie_break": "score desc, doc id asc"},
         "query_count": query_count,

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from retk import __version__
-from retk.datasets import BeirDataset, CorpusReader, is_beir_folder
+from retk.datasets import BeirDataset, CorpusReader, MultiCprDataset, SkipReport, is_beir_folder, is_multicpr_folder
 from retk.embeddings import Encoder, load_encoder
 from retk.hardware import describe_hardware
 from retk.retrieval.atomic import atomic_directory
@@ -33,6 +33,8 @@ def open_corpus(corpus: str | Path | CorpusReader, **options: Any) -> CorpusRead
         return corpus
     if is_beir_folder(corpus) and not options:
         return BeirDataset.open(corpus).corpus()
+    if is_multicpr_folder(corpus) and not options:
+        return MultiCprDataset.open(corpus).corpus()
     return CorpusReader(corpus, **options)
 
 
@@ -73,28 +75,57 @@ def build_index(
             raise ValueError(f"{reader.path} holds no indexable documents")
         store.close()
         section = builder.finish()
-        manifest = _manifest(reader, encoder, store.count, section, time.perf_counter() - started)
+        manifest = assemble_manifest(
+            reader,
+            retriever=encoder.kind,
+            encoder_config=encoder.config(),
+            encoder_name=encoder.name,
+            count=store.count,
+            skipped=reader.skipped,
+            section=section,
+            seconds=time.perf_counter() - started,
+        )
         write_manifest(folder, manifest)
     logger.info("built %s: %d documents in %.1f s", out, store.count, manifest["build"]["seconds"])
     return Index.open(out)
 
 
-def _manifest(reader: CorpusReader, encoder: Encoder, count: int, section: dict[str, Any], seconds: float) -> dict[str, Any]:
+def assemble_manifest(
+    reader: CorpusReader,
+    *,
+    retriever: str,
+    encoder_config: dict[str, Any],
+    encoder_name: str,
+    count: int,
+    skipped: SkipReport,
+    section: dict[str, Any],
+    seconds: float,
+    engine: str = "local",
+    checksum: str | None = None,
+    build_details: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Return the manifest of a finished build; ``section`` is what the retriever's builder returned.
+
+    ``engine`` names what ran the build (``local`` or ``ray``). ``checksum``
+    is the corpus SHA-256 when the caller has already computed it, and
+    ``build_details`` adds engine-specific entries to the ``build`` section.
+    """
     timings = section.pop("timings")
     files = [DOCSTORE_NAME, *section.pop("files")]
     encode_seconds = timings["encode_seconds"]
     return {
         "format_version": FORMAT_VERSION,
         "retk_version": __version__,
-        "retriever": encoder.kind,
-        "encoder": encoder.config(),
-        "encoder_name": encoder.name,
+        "retriever": retriever,
+        "encoder": encoder_config,
+        "encoder_name": encoder_name,
+        "engine": engine,
         "document_count": count,
-        "skipped_documents": reader.skipped.to_dict(),
+        "skipped_documents": skipped.to_dict(),
         "corpus": {
             "path": str(reader.path.resolve()),
             "format": reader.format,
-            "sha256": reader.checksum,
+            "sha256": checksum or reader.checksum,
             "fields": {"id": reader.id_field or "_id or id", "title": reader.title_field, "text": reader.text_field},
         },
         "build": {
@@ -104,10 +135,11 @@ def _manifest(reader: CorpusReader, encoder: Encoder, count: int, section: dict[
             "index_seconds": round(timings["index_seconds"], 3),
             "documents_per_second": round(count / encode_seconds, 2) if encode_seconds > 0 else None,
             "hardware": describe_hardware(),
+            **(build_details or {}),
         },
         "files": files,
         **section,
     }
 
 
-__all__ = ["MANIFEST_NAME", "build_index", "open_corpus"]
+__all__ = ["MANIFEST_NAME", "assemble_manifest", "build_index", "open_corpus"]

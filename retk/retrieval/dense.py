@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,10 +22,14 @@ from retk.ann import (
 )
 from retk.datasets import Document
 from retk.embeddings import DenseEncoder
-from retk.errors import IndexFormatError
+from retk.errors import IndexFormatError, RetkError
 from retk.retrieval.index import Index
 
+logger = logging.getLogger(__name__)
+
 FAISS_NAME = "faiss.index"
+# Set to 0 to skip the filtered-search calibration at build time (the planner then only chooses exact).
+CALIBRATION_VARIABLE = "RETK_FILTER_CALIBRATION"
 EMBEDDINGS_NAME = "embeddings.f32"
 
 
@@ -45,7 +51,12 @@ class DenseIndexBuilder:
 
     def add(self, documents: Sequence[Document]) -> None:
         started = time.perf_counter()
-        vectors = self.encoder.encode_documents([d.content for d in documents])
+        texts = [d.content for d in documents]
+        if getattr(self.encoder, "supports_domain", False) and any("domain" in d.attributes for d in documents):
+            # An encoder that routes by domain (MoE) sends each document to the expert its domain attribute names.
+            vectors = self.encoder.encode_documents(texts, domains=[d.attributes.get("domain") for d in documents])
+        else:
+            vectors = self.encoder.encode_documents(texts)
         self.encode_seconds += time.perf_counter() - started
         self._embeddings.write(vectors.tobytes())
         self.count += len(documents)
@@ -58,14 +69,41 @@ class DenseIndexBuilder:
         started = time.perf_counter()
         index = build_faiss_index(vectors, spec)
         write_faiss_index(index, self.folder / FAISS_NAME)
-        return {
-            "dimension": dimension,
-            "metric": "inner_product",
-            "similarity": self.encoder.similarity,
-            "index": {"spec": spec, "search_parameters": SearchParameters().to_dict()},
-            "files": [FAISS_NAME, EMBEDDINGS_NAME],
-            "timings": {"encode_seconds": self.encode_seconds, "index_seconds": time.perf_counter() - started},
-        }
+        section = dense_manifest_section(dimension, self.encoder.similarity, spec, self.encode_seconds, time.perf_counter() - started)
+        calibration = calibrate_filtered_search(vectors, index)
+        if calibration is not None:
+            section["index"]["filter_calibration"] = calibration
+        return section
+
+
+def calibrate_filtered_search(vectors: np.ndarray, index: Any) -> dict[str, Any] | None:
+    """Measure the filtered-search cost model (:mod:`retk.ann.planner`) of a new index; never fails a build.
+
+    Done once at build time because the finished index folder is immutable
+    (the planner's docstring argues it); it takes seconds next to the encoding.
+    """
+    if os.environ.get(CALIBRATION_VARIABLE, "1") == "0":
+        return None
+    from retk.ann.planner import calibrate_dense_index
+
+    try:
+        apply_search_parameters(index, SearchParameters())
+        return calibrate_dense_index(vectors, index)
+    except (RuntimeError, ValueError, MemoryError, OSError) as error:
+        logger.warning("filtered-search calibration failed (%s); the planner will choose exact search", error)
+        return None
+
+
+def dense_manifest_section(dimension: int, similarity: str, spec: str, encode_seconds: float, index_seconds: float) -> dict[str, Any]:
+    """Return the manifest entries of a dense index, with the ``files`` and ``timings`` that the build pops."""
+    return {
+        "dimension": dimension,
+        "metric": "inner_product",
+        "similarity": similarity,
+        "index": {"spec": spec, "search_parameters": SearchParameters().to_dict()},
+        "files": [FAISS_NAME, EMBEDDINGS_NAME],
+        "timings": {"encode_seconds": encode_seconds, "index_seconds": index_seconds},
+    }
 
 
 class DenseIndex(Index):
@@ -95,3 +133,36 @@ class DenseIndex(Index):
     def search_rows(self, prepared: np.ndarray, positions: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
         scores, rows = self.faiss_index.search(np.ascontiguousarray(prepared[positions]), fetch)
         return rows, scores
+
+    @property
+    def planner(self) -> Any:
+        """The filtered-search planner over this index's embeddings and FAISS index (built on first use)."""
+        if "_planner" not in self.__dict__:
+            from retk.ann.filtered import FilteredSearcher
+            from retk.ann.planner import Planner
+
+            searcher = FilteredSearcher(self.embeddings(), self.faiss_index, ids=self.documents.ids)
+            self._planner = Planner(searcher, self.manifest["index"].get("filter_calibration"))
+        return self._planner
+
+    def _filtered_ranked_rows(self, queries: Sequence[str], k: int, allowed: Any, strategy: str):
+        from retk.ann.filtered import STRATEGIES, build_hnswlib, hnswlib_available
+
+        if strategy != "auto" and strategy not in STRATEGIES:
+            raise RetkError(f"unknown strategy '{strategy}'; expected auto or one of {', '.join(STRATEGIES)}")
+        planner = self.planner
+        if strategy == "hnswlib" and planner.searcher.hnswlib_index is None:
+            if not hnswlib_available():
+                raise RetkError("strategy 'hnswlib' needs the optional hnswlib package: pip install hnswlib")
+            logger.info("building an in-memory hnswlib graph over %d vectors for this session", len(self.documents))
+            planner.searcher.hnswlib_index = build_hnswlib(self.embeddings())
+        reason = planner.searcher.availability()[strategy] if strategy != "auto" else None
+        if reason is not None:
+            raise RetkError(f"strategy '{strategy}' is not available for {self.path}: {reason}")
+        prepared = self.prepare_queries(queries)
+        hits, plan = planner.search(prepared, allowed, k, strategy)
+        ranked = [
+            [(int(row), float(score)) for row, score in zip(rows.tolist(), scores.tolist())]
+            for rows, scores in zip(hits.rows, hits.scores)
+        ]
+        return ranked, plan

@@ -20,10 +20,10 @@ BASE_FIELDS = [pa.field("id", pa.string()), pa.field("title", pa.string()), pa.f
 class DocumentStoreWriter:
     """Write documents in batches, then merge them into one Parquet file with unified attribute types.
 
-    Each batch becomes a part file with its own inferred schema; :meth:`close`
-    unifies the schemas (an attribute that is an integer in one batch and a
-    float in another becomes float; absent attributes become nulls) and
-    streams the parts into ``documents.parquet``. Memory stays at one batch.
+    Each batch becomes a part file with its own inferred schema. :meth:`close`
+    unifies the schemas and streams the parts into ``documents.parquet``: an
+    attribute that is an integer in one batch and a float in another becomes a
+    float, and absent attributes become nulls. Memory stays at one batch.
     """
 
     def __init__(self, folder: Path, source: Path | None = None) -> None:
@@ -33,38 +33,48 @@ class DocumentStoreWriter:
         self.count = 0
 
     def add(self, documents: Sequence[Document]) -> None:
-        table = self._to_table(documents)
+        table = documents_to_table(documents, self.source)
         part = self.folder / f"documents.part{len(self.parts):06d}.parquet"
         pq.write_table(table, part)
         self.parts.append(part)
         self.count += len(documents)
 
     def close(self) -> pa.Schema:
-        schemas = [pq.read_schema(part) for part in self.parts] or [pa.schema(BASE_FIELDS)]
-        try:
-            schema = pa.unify_schemas(schemas, promote_options="permissive")
-        except (pa.ArrowTypeError, pa.ArrowInvalid) as error:
-            raise InputError(f"an attribute has incompatible types across documents: {error}", path=self.source) from None
-        with pq.ParquetWriter(self.folder / DOCSTORE_NAME, schema) as writer:
-            for part in self.parts:
-                writer.write_table(_conform(pq.read_table(part), schema, self.source))
-                part.unlink()
-        return schema
+        return merge_document_parts(self.parts, self.folder / DOCSTORE_NAME, self.source, remove_parts=True)
 
-    def _to_table(self, documents: Sequence[Document]) -> pa.Table:
-        columns: dict[str, pa.Array] = {
-            "id": pa.array([d.id for d in documents], pa.string()),
-            "title": pa.array([d.title for d in documents], pa.string()),
-            "text": pa.array([d.text for d in documents], pa.string()),
-        }
-        names = sorted({name for d in documents for name in d.attributes})
-        for name in names:
-            values = [d.attributes.get(name) for d in documents]
-            try:
-                columns[name] = pa.array(values)
-            except (pa.ArrowTypeError, pa.ArrowInvalid) as error:
-                raise InputError(f"attribute values of mixed types ({error})", path=self.source, field=name) from None
-        return pa.table(columns)
+
+def documents_to_table(documents: Sequence[Document], source: Path | None = None) -> pa.Table:
+    """Return one batch of documents as a table: id, title, text and one column per attribute."""
+    columns: dict[str, pa.Array] = {
+        "id": pa.array([d.id for d in documents], pa.string()),
+        "title": pa.array([d.title for d in documents], pa.string()),
+        "text": pa.array([d.text for d in documents], pa.string()),
+    }
+    names = sorted({name for d in documents for name in d.attributes})
+    for name in names:
+        values = [d.attributes.get(name) for d in documents]
+        try:
+            columns[name] = pa.array(values)
+        except (pa.ArrowTypeError, pa.ArrowInvalid) as error:
+            raise InputError(f"attribute values of mixed types ({error})", path=source, field=name) from None
+    return pa.table(columns)
+
+
+def merge_document_parts(
+    parts: Sequence[Path], target: Path, source: Path | None = None, *, remove_parts: bool = False
+) -> pa.Schema:
+    """Stream Parquet part files, in order, into one document store with their unified schema."""
+    schemas = [pq.read_schema(part) for part in parts] or [pa.schema(BASE_FIELDS)]
+    try:
+        schema = pa.unify_schemas(schemas, promote_options="permissive")
+    except (pa.ArrowTypeError, pa.ArrowInvalid) as error:
+        raise InputError(f"an attribute has incompatible types across documents: {error}", path=source) from None
+    with pq.ParquetWriter(target, schema) as writer:
+        for part in parts:
+            writer.write_table(_conform(pq.read_table(part), schema, source))
+            if remove_parts:
+                part.unlink()
+    return schema
 
 
 def _conform(table: pa.Table, schema: pa.Schema, source: Path | None) -> pa.Table:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-# Extra candidates fetched beyond k so that documents tied with the k-th score
-# can be ordered by id; the fetch doubles while the tie runs past it.
+# Extra candidates fetched beyond k, so documents tied with the k-th score can be
+# ordered by id. The fetch doubles while a tie runs past its end.
 TIE_MARGIN = 16
 
 RowSearch = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
@@ -33,13 +34,27 @@ class SearchResult:
     query: str
     hits: list[Hit]
     k: int
+    # Set by filtered search: the filter text, how many documents it allowed,
+    # and the planner's decision (``retk.ann.planner.Plan``).
+    filter: str | None = None
+    matched: int | None = None
+    plan: Any = None
 
     @property
     def note(self) -> str | None:
         """A message when fewer than ``k`` documents matched, else None."""
+        if self.filter is not None and self.matched == 0:
+            return f"the filter {self.filter} matched no documents, so there are no hits"
         if len(self.hits) < self.k:
+            if self.filter is not None and self.matched is not None and self.matched < self.k:
+                return f"the filter {self.filter} matched only {self.matched} documents, fewer than k={self.k}"
             return f"only {len(self.hits)} documents matched, fewer than k={self.k}"
         return None
+
+    @property
+    def explanation(self) -> str | None:
+        """The planner's explanation (selectivity, strategy and why) of a filtered search."""
+        return self.plan.explain() if self.plan is not None else None
 
 
 def ranked_rows(

@@ -1,0 +1,471 @@
+"""Choose a filtered-search strategy per query batch from the filter's selectivity and a calibrated cost model.
+
+Selectivity is not estimated: the filter is evaluated to a bitmap first, and
+counting its bits is cheap. The cost model says, for each strategy, how long a
+query takes at a given selectivity and which knob (``efSearch``, ``nprobe``,
+over-fetch) reaches the target recall there. It is measured on the index itself
+by :func:`calibrate`:
+
+* ``exact``: the cost of gathering one row and of one query-row dot product
+  (so exact cost = overhead + gather x allowed rows + dot x queries x allowed rows);
+* ``hnsw``, ``ivf``, ``hnswlib``, ``postfilter``: at selectivities 100%, 30%,
+  10%, 3%, 1%, 0.3% (those that leave at least 50 rows), with two filters each
+  (uniformly random rows, and the rows nearest one random document, the hard
+  case where most queries lie far from every allowed row), the smallest knob on
+  a ladder whose recall@k against exact search reaches ``target_recall``, and the
+  time per query at that knob, counting the exact fallback for short answers.
+
+Between calibrated selectivities the knob and the time are interpolated
+linearly in log-log space; below the smallest one, knob and time grow as
+1/selectivity and the estimate is marked extrapolated; where no knob on the
+ladder reached the target, the strategy is not used at that selectivity or
+below. The planner picks the cheapest estimate and prefers ``exact`` when it is
+within ``EXACT_PREFERENCE`` of the cheapest, since it is never wrong.
+
+Why calibrate at build time (:class:`retk.retrieval.dense.DenseIndexBuilder`)
+and store the result in the manifest rather than calibrate lazily on first
+search: an index folder is immutable once its atomic rename has happened, so a
+lazily computed model could not be cached in it without racing concurrent
+readers or failing on read-only deployments, and recomputing it on every open
+would add seconds to every CLI search. At build time it costs a few seconds
+next to minutes of encoding, runs on the machine that built the index, and
+every later search gets the same, inspectable plan. Indexes built before the
+cost model existed (no ``filter_calibration`` in the manifest) use
+``DEFAULT_MODEL``, a conservative model that sends everything to ``exact``
+unless a strategy is asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from retk.ann.filtered import STRATEGIES, AllowedSet, FilteredSearcher
+
+logger = logging.getLogger(__name__)
+
+CALIBRATION_VERSION = 1
+CALIBRATION_SELECTIVITIES = (1.0, 0.3, 0.1, 0.03, 0.01, 0.003)
+CALIBRATION_MIN_ROWS = 50
+CALIBRATION_QUERIES = 64
+TARGET_RECALL = 0.97
+EXACT_PREFERENCE = 1.15
+# A knob whose run takes this many times longer than exact search is not worth raising further: calibration
+# stops there and marks the selectivity unreached, which also bounds the calibration's time.
+CALIBRATION_BUDGET = 20.0
+EF_LADDER = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
+FETCH_FACTORS = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
+# IVF's knob is the number of allowed rows each query's probed lists must hold (see FilteredSearcher._ivf_coverage).
+COVERAGE_LADDER = (20, 30, 40, 60, 80, 120, 160, 240, 320, 480, 640, 960, 1280, 1920, 2560, 3840, 5120, 7680, 10240, 15360, 20480, 40960)
+KNOB_OF = {"hnsw": "ef", "hnswlib": "ef", "ivf": "coverage", "postfilter": "fetch_factor"}
+
+# Used when an index has no calibration: exact costs of a typical 2-core CPU, no ANN points.
+DEFAULT_MODEL: dict[str, Any] = {
+    "version": CALIBRATION_VERSION,
+    "source": "default",
+    "k": 10,
+    "exact": {"overhead_ms": 0.05, "gather_ns_per_row": 150.0, "dot_ns_per_pair": 0.3},
+}
+
+
+# ---------------------------------------------------------------------------
+# Calibration.
+
+
+def calibrate(
+    searcher: FilteredSearcher,
+    *,
+    k: int = 10,
+    queries: int = CALIBRATION_QUERIES,
+    selectivities: tuple[float, ...] = CALIBRATION_SELECTIVITIES,
+    target_recall: float = TARGET_RECALL,
+    strategies: tuple[str, ...] | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Measure the cost model of ``searcher``'s strategies on its own vectors (see the module docstring)."""
+    started = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    vectors = searcher.vectors
+    total = searcher.total
+    sample = _calibration_queries(vectors, min(queries, total), rng)
+    model: dict[str, Any] = {
+        "version": CALIBRATION_VERSION,
+        "source": "calibrated",
+        "k": k,
+        "documents": total,
+        "queries": len(sample),
+        "target_recall": target_recall,
+        "exact": _calibrate_exact(searcher, sample, rng),
+    }
+    available = searcher.availability()
+    chosen = [s for s in (strategies or STRATEGIES) if s != "exact" and available[s] is None]
+    levels = [s for s in selectivities if s * total >= CALIBRATION_MIN_ROWS]
+    masks = {s: _calibration_masks(vectors, s, rng) for s in levels}
+    truths: dict[float, list[np.ndarray]] = {}
+    exact_seconds: dict[float, list[float]] = {}
+    for s in levels:
+        for allowed in masks[s]:
+            hits = searcher.search(sample, allowed, k, "exact")
+            truths.setdefault(s, []).append(hits.rows)
+            exact_seconds.setdefault(s, []).append(hits.seconds)
+    for strategy in chosen:
+        model[strategy] = _calibrate_strategy(searcher, strategy, sample, k, levels, masks, truths, exact_seconds, target_recall)
+        # The unfiltered knob becomes the base that post-filtering searches with.
+        apply_base_knobs(searcher, model)
+    model["seconds"] = round(time.perf_counter() - started, 3)
+    return model
+
+
+def _calibration_queries(vectors: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """Documents moved off themselves by noise (cosine about 0.8 to their source), like real queries."""
+    rows = np.sort(rng.choice(len(vectors), size=count, replace=False))
+    base = np.asarray(vectors[rows], dtype=np.float32)
+    norms = np.linalg.norm(base, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    noise = rng.standard_normal(base.shape).astype(np.float32)
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    queries = base / norms + 0.75 * noise
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    return np.ascontiguousarray(queries * norms.mean(), dtype=np.float32)
+
+
+def _calibration_masks(vectors: np.ndarray, selectivity: float, rng: np.random.Generator) -> list[AllowedSet]:
+    total = len(vectors)
+    count = max(1, int(round(selectivity * total)))
+    if count >= total:
+        return [AllowedSet.everything(total)]
+    random_rows = rng.choice(total, size=count, replace=False)
+    anchor = np.asarray(vectors[int(rng.integers(total))], dtype=np.float32)
+    projection = np.concatenate(
+        [np.asarray(vectors[start : start + 65_536], dtype=np.float32) @ anchor for start in range(0, total, 65_536)]
+    )
+    region_rows = np.argpartition(-projection, count - 1)[:count]
+    return [AllowedSet.from_rows(random_rows, total), AllowedSet.from_rows(region_rows, total)]
+
+
+def _calibrate_exact(searcher: FilteredSearcher, sample: np.ndarray, rng: np.random.Generator) -> dict[str, float]:
+    total = searcher.total
+    rows = np.sort(rng.choice(total, size=min(total, 20_000), replace=False))
+    allowed = AllowedSet.from_rows(rows, total)
+    one = sample[:1]
+    # Gather and product separately; best of three to ride out scheduling noise.
+    gather = min(_timed(lambda: np.asarray(searcher.vectors[rows], dtype=np.float32)) for _ in range(3))
+    block = np.asarray(searcher.vectors[rows], dtype=np.float32)
+    product = min(_timed(lambda: sample @ block.T) for _ in range(3))
+    overhead = min(_timed(lambda: searcher.exact(one, AllowedSet.from_rows(rows[:16], total), 10)) for _ in range(3))
+    whole = min(_timed(lambda: searcher.exact(sample, allowed, 10)) for _ in range(2))
+    dot = product / (len(sample) * len(rows))
+    # Selection (partition, sort) scales with queries x rows too: fold it into the per-pair cost.
+    per_pair = max(dot, (whole - gather) / (len(sample) * len(rows)))
+    return {
+        "overhead_ms": round(overhead * 1e3, 4),
+        "gather_ns_per_row": round(gather / len(rows) * 1e9, 3),
+        "dot_ns_per_pair": round(per_pair * 1e9, 5),
+    }
+
+
+def _calibrate_strategy(searcher, strategy, sample, k, levels, masks, truths, exact_seconds, target_recall) -> dict[str, Any]:
+    ladder = _ladder(searcher, strategy)
+    points: list[dict[str, Any]] = []
+    unreached: list[float] = []
+    start_at = 0
+    for selectivity in levels:
+        needed_position = None
+        seconds_per_query = 0.0
+        recall_seen = 0.0
+        for allowed, truth, exact_time in zip(masks[selectivity], truths[selectivity], exact_seconds[selectivity]):
+            position = start_at
+            while position < len(ladder):
+                knob = _knob_arguments(strategy, ladder[position], k, allowed)
+                hits = searcher.search(sample, allowed, k, strategy, **knob)
+                recall = _recall(hits.rows, truth)
+                if recall >= target_recall:
+                    break
+                if hits.seconds > CALIBRATION_BUDGET * max(exact_time, 1e-4):
+                    position = len(ladder)
+                    break
+                position += 1
+            if position >= len(ladder):
+                needed_position = None
+                break
+            knob = _knob_arguments(strategy, ladder[position], k, allowed)
+            seconds = min(searcher.search(sample, allowed, k, strategy, **knob).seconds for _ in range(2))
+            seconds_per_query = max(seconds_per_query, seconds / len(sample))
+            recall_seen = recall if needed_position is None else min(recall_seen, recall)
+            needed_position = position if needed_position is None else max(needed_position, position)
+        if needed_position is None:
+            unreached.append(selectivity)
+            break
+        start_at = needed_position
+        points.append(
+            {
+                "selectivity": selectivity,
+                KNOB_OF[strategy]: ladder[needed_position],
+                "ms_per_query": round(seconds_per_query * 1e3, 5),
+                "recall": round(recall_seen, 4),
+            }
+        )
+    return {"knob": KNOB_OF[strategy], "points": points, "unreached": unreached}
+
+
+def _ladder(searcher: FilteredSearcher, strategy: str) -> tuple:
+    if strategy == "ivf":
+        return COVERAGE_LADDER
+    if strategy == "postfilter":
+        return FETCH_FACTORS
+    return EF_LADDER
+
+
+def _knob_arguments(strategy: str, value: float, k: int, allowed: AllowedSet) -> dict[str, Any]:
+    if strategy in ("hnsw", "hnswlib"):
+        return {"ef": int(value)}
+    if strategy == "ivf":
+        return {"coverage": int(value)}
+    return {"fetch": fetch_for(k, allowed.selectivity, value)}
+
+
+def fetch_for(k: int, selectivity: float, factor: float) -> int:
+    """Candidates the post-filter strategy fetches: k / selectivity times ``factor``."""
+    return int(math.ceil(k / max(selectivity, 1e-9) * factor))
+
+
+def _recall(found: list[np.ndarray], truth: np.ndarray) -> float:
+    scores = []
+    for rows, expected in zip(found, truth):
+        if len(expected) == 0:
+            continue
+        scores.append(len(set(rows.tolist()) & set(expected.tolist())) / len(expected))
+    return float(np.mean(scores)) if scores else 1.0
+
+
+def _timed(function) -> float:
+    started = time.perf_counter()
+    function()
+    return time.perf_counter() - started
+
+
+# ---------------------------------------------------------------------------
+# Planning.
+
+
+@dataclass
+class Estimate:
+    strategy: str
+    seconds: float | None
+    knobs: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
+
+
+@dataclass
+class Plan:
+    """The strategy chosen for one filtered search, and why."""
+
+    strategy: str
+    knobs: dict[str, Any]
+    count: int
+    total: int
+    queries: int
+    reason: str
+    estimates: list[Estimate]
+    filter_text: str | None = None
+    model_source: str = "default"
+    requested: str = "auto"
+    fallbacks: int | None = None
+    seconds: float | None = None
+
+    @property
+    def selectivity(self) -> float:
+        return self.count / self.total if self.total else 0.0
+
+    def explain(self) -> str:
+        """Human-readable text: selectivity, chosen strategy and why, and every strategy's estimate."""
+        lines = []
+        if self.filter_text is not None:
+            lines.append(f"filter: {self.filter_text}")
+        lines.append(f"matches: {self.count:,} of {self.total:,} documents (selectivity {_percent(self.selectivity)})")
+        knob_text = ", ".join(f"{name}={value}" for name, value in self.knobs.items())
+        lines.append(f"strategy: {self.strategy}" + (f" ({knob_text})" if knob_text else "") + f"  (requested: {self.requested})")
+        lines.append(f"why: {self.reason}")
+        lines.append(f"estimates for {self.queries} quer{'y' if self.queries == 1 else 'ies'} (cost model: {self.model_source}):")
+        for estimate in self.estimates:
+            cost = f"{estimate.seconds * 1e3:10.3f} ms" if estimate.seconds is not None else f"{'-':>13}"
+            lines.append(f"  {estimate.strategy:<11}{cost}  {estimate.note}")
+        if self.seconds is not None:
+            fallback = f", {self.fallbacks} quer{'y' if self.fallbacks == 1 else 'ies'} completed by exact search" if self.fallbacks else ""
+            lines.append(f"ran in {self.seconds * 1e3:.3f} ms{fallback}")
+        return "\n".join(lines)
+
+
+def _percent(value: float) -> str:
+    if value == 0:
+        return "0%"
+    if value >= 0.01:
+        return f"{value:.1%}"
+    return f"{value:.3%}"
+
+
+def apply_base_knobs(searcher: FilteredSearcher, model: dict[str, Any]) -> None:
+    """Set the searcher's default efSearch and nprobe to the calibrated unfiltered (100%) knobs."""
+    for strategy, attribute, name in (("hnsw", "default_ef", "ef"),):
+        points = (model.get(strategy) or {}).get("points") or []
+        if points and points[0]["selectivity"] >= 1.0:
+            setattr(searcher, attribute, int(points[0][name]))
+
+
+class Planner:
+    """Pick a strategy for a batch of queries over an :class:`AllowedSet` using a calibration dict."""
+
+    def __init__(self, searcher: FilteredSearcher, model: dict[str, Any] | None = None) -> None:
+        self.searcher = searcher
+        self.model = model if model else DEFAULT_MODEL
+        apply_base_knobs(searcher, self.model)
+
+    @property
+    def source(self) -> str:
+        if self.model.get("source") == "calibrated":
+            return f"calibrated on this index ({self.model.get('seconds', 0):.1f} s, {self.model.get('queries')} queries)"
+        return "default (no calibration in the manifest: only exact is chosen automatically)"
+
+    def estimate(self, strategy: str, allowed: AllowedSet, queries: int, k: int) -> Estimate:
+        reason = self.searcher.availability()[strategy]
+        if reason is not None:
+            return Estimate(strategy, None, note=f"unavailable: {reason}")
+        if strategy == "exact":
+            return self._exact(allowed, queries)
+        section = self.model.get(strategy)
+        if not section:
+            return Estimate(strategy, None, note="not calibrated for this index")
+        return self._approximate(strategy, section, allowed, queries, k)
+
+    def _exact(self, allowed: AllowedSet, queries: int) -> Estimate:
+        costs = self.model["exact"]
+        count = allowed.count
+        scan = allowed.selectivity >= 0.5
+        rows = allowed.total if scan else count
+        gather = 0.0 if scan else costs["gather_ns_per_row"] * count * 1e-9
+        seconds = costs["overhead_ms"] * 1e-3 + gather + costs["dot_ns_per_pair"] * 1e-9 * queries * rows
+        how = f"scan all {allowed.total:,} vectors, mask" if scan else f"gather {count:,} vectors"
+        return Estimate("exact", seconds, note=f"{how} + BLAS; exact")
+
+    def _approximate(self, strategy: str, section: dict[str, Any], allowed: AllowedSet, queries: int, k: int) -> Estimate:
+        points = section.get("points", [])
+        knob_name = section["knob"]
+        s = max(allowed.selectivity, 1.0 / max(allowed.total, 1))
+        unreached = [u for u in section.get("unreached", [])]
+        if unreached and s <= max(unreached) * 1.0001:
+            return Estimate(strategy, None, note=f"cannot reach recall {self.model.get('target_recall', TARGET_RECALL)} at selectivity ≤ {_percent(max(unreached))} (calibration)")
+        if not points:
+            return Estimate(strategy, None, note="no calibration point")
+        ordered = sorted(points, key=lambda p: -p["selectivity"])
+        note = ""
+        if s >= ordered[0]["selectivity"]:
+            knob, ms = ordered[0][knob_name], ordered[0]["ms_per_query"]
+        elif s <= ordered[-1]["selectivity"]:
+            lowest = ordered[-1]
+            if unreached:
+                return Estimate(strategy, None, note=f"not calibrated below {_percent(lowest['selectivity'])}")
+            growth = lowest["selectivity"] / s
+            knob = lowest[knob_name] if knob_name == "fetch_factor" else lowest[knob_name] * growth
+            ms = lowest["ms_per_query"] * growth
+            note = " (extrapolated below the calibrated selectivities)"
+        else:
+            for high, low in zip(ordered, ordered[1:]):
+                if low["selectivity"] <= s <= high["selectivity"]:
+                    t = (math.log(high["selectivity"]) - math.log(s)) / (math.log(high["selectivity"]) - math.log(low["selectivity"]))
+                    knob = math.exp((1 - t) * math.log(high[knob_name]) + t * math.log(low[knob_name]))
+                    ms = math.exp((1 - t) * math.log(max(high["ms_per_query"], 1e-6)) + t * math.log(max(low["ms_per_query"], 1e-6)))
+                    break
+        knobs = self._knobs(strategy, knob, allowed, k)
+        description = ", ".join(f"{name}={value}" for name, value in knobs.items())
+        return Estimate(strategy, ms * 1e-3 * queries, knobs, note=f"{description}{note}")
+
+    def _knobs(self, strategy: str, knob: float, allowed: AllowedSet, k: int) -> dict[str, Any]:
+        if strategy in ("hnsw", "hnswlib"):
+            return {"ef": int(min(math.ceil(knob), EF_LADDER[-1] * 4))}
+        if strategy == "ivf":
+            return {"coverage": int(math.ceil(knob))}
+        fetch = fetch_for(min(k, allowed.count), allowed.selectivity, knob)
+        return {"fetch": fetch}
+
+    def plan(self, allowed: AllowedSet, queries: int, k: int, strategy: str = "auto") -> Plan:
+        """Return the plan for ``queries`` queries; ``strategy`` other than ``auto`` is obeyed (with its estimate)."""
+        if strategy != "auto" and strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy '{strategy}'; expected auto or one of {', '.join(STRATEGIES)}")
+        estimates = [self.estimate(name, allowed, queries, k) for name in STRATEGIES]
+        by_name = {e.strategy: e for e in estimates}
+        source = self.source
+        if allowed.count == 0:
+            return Plan("exact", {}, 0, allowed.total, queries, "the filter matches no document: nothing to search", estimates, model_source=source, requested=strategy)
+        if strategy != "auto":
+            chosen = by_name[strategy]
+            if chosen.seconds is None and self.searcher.availability()[strategy] is not None:
+                raise ValueError(f"strategy '{strategy}' is not available: {self.searcher.availability()[strategy]}")
+            knobs = chosen.knobs or self._default_knobs(strategy, allowed, k)
+            return Plan(strategy, knobs, allowed.count, allowed.total, queries, f"strategy '{strategy}' was requested", estimates, model_source=source, requested=strategy)
+        if allowed.count <= k:
+            return Plan("exact", {}, allowed.count, allowed.total, queries, f"at most k={k} documents match: exact search returns all of them", estimates, model_source=source)
+        usable = [e for e in estimates if e.seconds is not None]
+        best = min(usable, key=lambda e: e.seconds)
+        exact = by_name["exact"]
+        if best.strategy != "exact" and exact.seconds <= best.seconds * EXACT_PREFERENCE:
+            reason = (
+                f"exact is within {EXACT_PREFERENCE:.2f}x of the cheapest estimate ({best.strategy}, "
+                f"{best.seconds * 1e3:.3f} ms) and never misses a document"
+            )
+            best = exact
+        elif best.strategy == "exact":
+            others = [e for e in usable if e.strategy != "exact"]
+            if others:
+                runner = min(others, key=lambda e: e.seconds)
+                reason = f"lowest estimated cost; the next best, {runner.strategy}, is estimated {runner.seconds / max(best.seconds, 1e-12):.1f}x slower"
+            else:
+                reason = "the only strategy this index supports with a cost estimate"
+        else:
+            reason = (
+                f"lowest estimated cost, {exact.seconds / max(best.seconds, 1e-12):.1f}x below exact; "
+                f"its knob was calibrated to recall@{self.model.get('k', 10)} ≥ {self.model.get('target_recall', TARGET_RECALL)}"
+            )
+        return Plan(best.strategy, best.knobs, allowed.count, allowed.total, queries, reason, estimates, model_source=source)
+
+    def _default_knobs(self, strategy: str, allowed: AllowedSet, k: int) -> dict[str, Any]:
+        """Knobs for a requested strategy that the cost model has no estimate for: scale with 1/selectivity."""
+        s = max(allowed.selectivity, 1e-9)
+        if strategy in ("hnsw", "hnswlib"):
+            return {"ef": int(min(max(self.searcher.default_ef, math.ceil(2 * k / s)), 16_384))}
+        if strategy == "ivf":
+            return {"coverage": 40 * k}
+        if strategy == "postfilter":
+            return {"fetch": fetch_for(min(k, allowed.count), s, 2.0)}
+        return {}
+
+    def search(self, queries: np.ndarray, allowed: AllowedSet, k: int, strategy: str = "auto"):
+        """Plan, run, and return ``(hits, plan)``."""
+        plan = self.plan(allowed, len(queries), k, strategy)
+        hits = self.searcher.search(queries, allowed, k, plan.strategy, **plan.knobs)
+        plan.fallbacks = hits.fallbacks
+        plan.seconds = hits.seconds
+        if hits.knobs:
+            plan.knobs = hits.knobs
+        return hits, plan
+
+
+def calibrate_dense_index(vectors: np.ndarray, index: Any, **options: Any) -> dict[str, Any]:
+    """Calibrate the strategies a dense index supports (exact, post-filter, and HNSW or IVF per its kind)."""
+    searcher = FilteredSearcher(vectors, index)
+    return calibrate(searcher, **options)
+
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "Estimate",
+    "Plan",
+    "Planner",
+    "calibrate",
+    "calibrate_dense_index",
+    "fetch_for",
+]

@@ -1,0 +1,259 @@
+"""``retk train contrastive`` and ``retk train moe``: fine-tune a bi-encoder, or an MoE bi-encoder with one expert per domain.
+
+Training data comes from repeatable sources, each optionally labelled with a
+domain as ``DOMAIN=PATH``:
+
+- ``--qrels [DOMAIN=]DATASET``: a BEIR folder's ``--train-split`` qrels (query → relevant document),
+  evaluated on its ``--eval-split`` qrels when given;
+- ``--titles [DOMAIN=]CORPUS``: title → text pairs of a BEIR folder or corpus file;
+- ``--pairs [DOMAIN=]FILE``: a JSONL or Parquet file of anchor, positive, negatives, domain.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from retk.cli.app import console
+from retk.cli.train import train_app
+from retk.datasets import BeirDataset, CorpusReader, is_beir_folder
+from retk.errors import RetkError
+from retk.training.data import (
+    TrainingExample,
+    hold_out,
+    mine_hard_negatives,
+    pairs_from_qrels,
+    pairs_from_titles,
+    read_pairs_file,
+)
+from retk.training.loop import TrainingHistory, TrainingSettings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Source:
+    """A training-data path with its optional domain label, parsed from ``[DOMAIN=]PATH``."""
+
+    path: Path
+    domain: str | None
+
+    @classmethod
+    def parse(cls, value: str) -> "Source":
+        domain, separator, path = value.partition("=")
+        if not separator or Path(value).exists():
+            return cls(Path(value), None)
+        if not domain.strip():
+            raise typer.BadParameter(f"empty domain in '{value}'; write DOMAIN=PATH or PATH")
+        return cls(Path(path), domain.strip())
+
+
+@dataclass
+class LoadedData:
+    train: list[TrainingExample]
+    held_out: list[TrainingExample]
+
+
+QRELS_HELP = "BEIR folder whose train-split qrels give (query, relevant document) pairs, as [DOMAIN=]PATH. Repeatable."
+TITLES_HELP = "BEIR folder or corpus file whose (title, text) pairs are training examples, as [DOMAIN=]PATH. Repeatable."
+PAIRS_HELP = "JSONL or Parquet file with anchor, positive, optional negatives and domain, as [DOMAIN=]PATH. Repeatable."
+
+
+def load_sources(
+    qrels: list[str],
+    titles: list[str],
+    pairs: list[str],
+    *,
+    train_split: str,
+    eval_split: str | None,
+    hold_out_fraction: float,
+    seed: int,
+) -> LoadedData:
+    """Read every source into training and held-out examples.
+
+    Qrels sources hold out their ``eval_split`` qrels; title and pairs
+    sources hold out ``hold_out_fraction`` of their anchors. A held-out
+    title document is never trained on.
+    """
+    data = LoadedData([], [])
+    for source in map(Source.parse, qrels):
+        dataset = BeirDataset.open(source.path)
+        data.train += pairs_from_qrels(dataset, train_split, domain=source.domain)
+        if eval_split:
+            data.held_out += pairs_from_qrels(dataset, eval_split, domain=source.domain)
+    for source in map(Source.parse, titles):
+        corpus = BeirDataset.open(source.path).corpus() if is_beir_folder(source.path) else CorpusReader(source.path)
+        train, held = hold_out(pairs_from_titles(corpus, domain=source.domain), hold_out_fraction, seed=seed)
+        data.train += train
+        data.held_out += held
+    for source in map(Source.parse, pairs):
+        examples = [_with_domain(example, source.domain) for example in read_pairs_file(source.path)]
+        train, held = hold_out(examples, hold_out_fraction, seed=seed)
+        data.train += train
+        data.held_out += held
+    if not data.train:
+        raise RetkError("no training examples: pass at least one --qrels, --titles or --pairs source")
+    return data
+
+
+def add_negatives(examples: list[TrainingExample], indexes: list[str], count: int, depth: int) -> list[TrainingExample]:
+    """Mine ``count`` hard negatives per example from the index of its domain (an unlabelled index serves all)."""
+    from retk.retrieval import Index
+
+    if count == 0:
+        return examples
+    if not indexes:
+        raise RetkError("--mine-negatives needs --negatives-index: a retk index (BM25 or dense) of the training corpus")
+    by_domain = {source.domain: Index.open(source.path) for source in map(Source.parse, indexes)}
+    mined: list[TrainingExample] = []
+    for domain in dict.fromkeys(example.domain for example in examples):
+        index = by_domain.get(domain, by_domain.get(None))
+        group = [example for example in examples if example.domain == domain]
+        if index is None:
+            console.print(f"no --negatives-index for domain {domain}; its {len(group)} examples get no mined negatives")
+            mined += group
+            continue
+        mined += mine_hard_negatives(group, index, count=count, depth=depth)
+    return mined
+
+
+def training_progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("steps, loss {task.fields[loss]:.4f}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+
+
+def report(history: TrainingHistory, output: Path) -> None:
+    console.print(f"trained {history.steps} steps on {history.examples_seen} examples in {history.seconds:.1f} s; saved to {output}")
+    if history.losses:
+        console.print(f"loss: first logged {history.losses[0][1]:.4f}, last {history.losses[-1][1]:.4f}")
+    for step, metrics in history.evaluations[-2:]:
+        shown = ", ".join(f"{name} {value:.4f}" for name, value in sorted(metrics.items()))
+        console.print(f"held-out at step {step}: {shown}")
+    for name, value in history.extra.items():
+        console.print(f"{name}: {value:.4f}")
+    console.print(f"index a corpus with it: retk index CORPUS --out INDEX --encoder {output}")
+
+
+@train_app.command("contrastive")
+def contrastive_command(
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the fine-tuned model (a sentence-transformers folder)."),
+    model: str = typer.Option("minilm", help="Base model: 'minilm' or a local sentence-transformers folder."),
+    qrels: list[str] = typer.Option([], "--qrels", help=QRELS_HELP),
+    titles: list[str] = typer.Option([], "--titles", help=TITLES_HELP),
+    pairs: list[str] = typer.Option([], "--pairs", help=PAIRS_HELP),
+    train_split: str = typer.Option("train", help="Qrels split to train on."),
+    eval_split: Optional[str] = typer.Option(None, help="Qrels split held out for evaluation during training, e.g. test."),
+    hold_out_fraction: float = typer.Option(0.0, "--hold-out", help="Fraction of title and pairs anchors held out for evaluation and never trained on."),
+    mine_negatives: int = typer.Option(0, help="Hard negatives to mine per example from --negatives-index (0: in-batch negatives only)."),
+    negatives_index: list[str] = typer.Option([], help="Index of the training corpus to mine negatives from, as [DOMAIN=]PATH. Repeatable."),
+    mining_depth: int = typer.Option(30, help="Hits searched per anchor when mining negatives."),
+    epochs: int = typer.Option(1, help="Passes over the training examples."),
+    batch_size: int = typer.Option(32, help="Examples per batch; the other examples' positives are each anchor's in-batch negatives."),
+    learning_rate: float = typer.Option(2e-5, "--lr", help="Peak AdamW learning rate, reached after warm-up and decayed linearly to 0."),
+    warmup_ratio: float = typer.Option(0.1, help="Fraction of the steps spent warming up the learning rate."),
+    max_seq_length: Optional[int] = typer.Option(None, help="Tokens per text (default: the model's own limit)."),
+    scale: float = typer.Option(20.0, help="Inverse temperature of the loss (20 = temperature 0.05)."),
+    cached: bool = typer.Option(False, help="Use CachedMultipleNegativesRankingLoss: large batches in bounded memory."),
+    mini_batch_size: int = typer.Option(16, help="Texts embedded at once by the cached loss."),
+    group_by_domain: bool = typer.Option(False, help="Fill each batch from a single domain."),
+    eval_steps: int = typer.Option(0, help="Evaluate on the held-out pairs every N steps (0: after each epoch)."),
+    checkpoint_steps: int = typer.Option(0, help="Save a checkpoint every N steps under OUT/checkpoints (0: none)."),
+    max_steps: Optional[int] = typer.Option(None, help="Stop after this many steps."),
+    seed: int = typer.Option(0, help="Seed of batch order, hold-out split and initialisation."),
+    device: Optional[str] = typer.Option(None, help="Torch device (default: cuda when available, else cpu)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
+) -> None:
+    """Fine-tune a sentence-transformers model with MultipleNegativesRankingLoss on duplicate-free batches."""
+    from retk.training.contrastive import train_contrastive
+
+    settings = TrainingSettings(
+        epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, warmup_ratio=warmup_ratio,
+        max_seq_length=max_seq_length, scale=scale, cached=cached, mini_batch_size=mini_batch_size,
+        group_by_domain=group_by_domain, eval_steps=eval_steps, checkpoint_steps=checkpoint_steps,
+        max_steps=max_steps, seed=seed,
+    )
+    data = load_sources(qrels, titles, pairs, train_split=train_split, eval_split=eval_split, hold_out_fraction=hold_out_fraction, seed=seed)
+    train = add_negatives(data.train, negatives_index, mine_negatives, mining_depth)
+    console.print(f"{len(train)} training examples, {len(data.held_out)} held out")
+    with training_progress() as progress:
+        task = progress.add_task("training", total=None, loss=float("nan"))
+        history = train_contrastive(
+            model, train, out, settings, held_out=data.held_out, device=device, overwrite=overwrite,
+            progress=lambda step, total, loss: progress.update(task, completed=step, total=total, loss=loss),
+        )
+    report(history, out)
+
+
+@train_app.command("moe")
+def moe_command(
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the MoE model (loadable with --encoder OUT)."),
+    model: str = typer.Option("minilm", help="Base BERT-family model: 'minilm' or a local sentence-transformers folder."),
+    qrels: list[str] = typer.Option([], "--qrels", help=QRELS_HELP),
+    titles: list[str] = typer.Option([], "--titles", help=TITLES_HELP),
+    pairs: list[str] = typer.Option([], "--pairs", help=PAIRS_HELP),
+    domains: Optional[str] = typer.Option(None, help="Comma-separated domains in expert order (default: the sources' domains, sorted)."),
+    expert_layers: str = typer.Option("all", help="Layers given experts: 'all', a count k (the last k layers) or indices like 0,5."),
+    router_texts: int = typer.Option(2000, help="Texts per domain used to train the router."),
+    train_split: str = typer.Option("train", help="Qrels split to train on."),
+    eval_split: Optional[str] = typer.Option(None, help="Qrels split held out for evaluation during training, e.g. test."),
+    hold_out_fraction: float = typer.Option(0.0, "--hold-out", help="Fraction of title and pairs anchors held out for evaluation and never trained on."),
+    mine_negatives: int = typer.Option(0, help="Hard negatives to mine per example from --negatives-index (0: in-batch negatives only)."),
+    negatives_index: list[str] = typer.Option([], help="Index of a domain's corpus to mine negatives from, as [DOMAIN=]PATH. Repeatable."),
+    mining_depth: int = typer.Option(30, help="Hits searched per anchor when mining negatives."),
+    epochs: int = typer.Option(1, help="Passes over the training examples."),
+    batch_size: int = typer.Option(32, help="Examples per single-domain batch."),
+    learning_rate: float = typer.Option(2e-5, "--lr", help="Peak AdamW learning rate, reached after warm-up and decayed linearly to 0."),
+    warmup_ratio: float = typer.Option(0.1, help="Fraction of the steps spent warming up the learning rate."),
+    max_seq_length: Optional[int] = typer.Option(None, help="Tokens per text (default: the model's own limit)."),
+    scale: float = typer.Option(20.0, help="Inverse temperature of the loss (20 = temperature 0.05)."),
+    cached: bool = typer.Option(False, help="Use CachedMultipleNegativesRankingLoss: large batches in bounded memory."),
+    mini_batch_size: int = typer.Option(16, help="Texts embedded at once by the cached loss."),
+    eval_steps: int = typer.Option(0, help="Evaluate on the held-out pairs every N steps (0: after each epoch)."),
+    checkpoint_steps: int = typer.Option(0, help="Save a checkpoint every N steps under OUT/checkpoints (0: none)."),
+    max_steps: Optional[int] = typer.Option(None, help="Stop after this many steps."),
+    seed: int = typer.Option(0, help="Seed of batch order, hold-out split and initialisation."),
+    device: Optional[str] = typer.Option(None, help="Torch device (default: cuda when available, else cpu)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
+) -> None:
+    """Convert a BERT-family model into one feed-forward expert per domain and train it with enforced routing."""
+    from retk.training.moe import RouterSettings, train_moe
+
+    settings = TrainingSettings(
+        epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, warmup_ratio=warmup_ratio,
+        max_seq_length=max_seq_length, scale=scale, cached=cached, mini_batch_size=mini_batch_size,
+        group_by_domain=True, eval_steps=eval_steps, checkpoint_steps=checkpoint_steps, max_steps=max_steps, seed=seed,
+    )
+    data = load_sources(qrels, titles, pairs, train_split=train_split, eval_split=eval_split, hold_out_fraction=hold_out_fraction, seed=seed)
+    train = add_negatives(data.train, negatives_index, mine_negatives, mining_depth)
+    expert_order = [name.strip() for name in domains.split(",")] if domains else None
+    console.print(f"{len(train)} training examples, {len(data.held_out)} held out")
+    with training_progress() as progress:
+        task = progress.add_task("training", total=None, loss=float("nan"))
+        history = train_moe(
+            model, train, out, settings, domains=expert_order, expert_layers=expert_layers,
+            router=RouterSettings(texts_per_domain=router_texts, seed=seed), held_out=data.held_out,
+            device=device, overwrite=overwrite,
+            progress=lambda step, total, loss: progress.update(task, completed=step, total=total, loss=loss),
+        )
+    report(history, out)
+
+
+def _with_domain(example: TrainingExample, domain: str | None) -> TrainingExample:
+    if domain is None or example.domain is not None:
+        return example
+    from dataclasses import replace
+
+    return replace(example, domain=domain)

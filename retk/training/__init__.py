@@ -1,0 +1,1 @@
+"""Training code shared by the contrastive, MoE, distillation and LLM trainers."""
