@@ -24,7 +24,6 @@ import json
 import random
 import statistics
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -222,10 +221,10 @@ def summarize(out: Path) -> None:
         "c0_fraction_of_teacher_rerank": ndcg["student-c0"] / ndcg["bm25+teacher"],
         "teacher_over_student_time": speed_row["ratio"],
         "hardware": describe_hardware(),
-        "settings": asdict(DSESettings()),
+        "arguments": json.loads((out / "arguments.json").read_text()),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps({key: summary[key] for key in summary if key not in ("hardware", "settings")}, indent=2))
+    print(json.dumps({key: summary[key] for key in summary if key not in ("hardware", "arguments")}, indent=2))
     print("\n| Method | nDCG@10 | Recall@100 | MRR@10 |\n|---|---|---|---|")
     for name, row in rows.items():
         values = row["metrics"]

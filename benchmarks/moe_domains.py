@@ -21,10 +21,11 @@ encoding throughput of the MoE model with a known domain against the base
 model on the same documents, alternating the two.
 
 Models and results are cached under ``--workspace``; a rerun skips what
-exists. Full scale (GPU, or a quiet CPU with time to spare)::
+exists. The defaults are the full scale (whole SciFact corpus, every test
+claim and training pair, 500 held-out DBpedia entities, 128 tokens), meant for
+a GPU or a quiet CPU with time to spare::
 
-    RETK_DATA_DIR=../shared/datasets python benchmarks/moe_domains.py --scifact-pool 0 \\
-        --scifact-queries 0 --scifact-qrels-pairs 0 --scifact-title-pairs 0 --dbpedia-pairs 0 --max-seq-length 128
+    RETK_DATA_DIR=../shared/datasets python benchmarks/moe_domains.py
 """
 
 from __future__ import annotations

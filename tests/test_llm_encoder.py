@@ -247,3 +247,23 @@ def test_cli_train_then_index(tiny_model: Path, scifact_subset: Path, tmp_path: 
     manifest = Index.open(tmp_path / "index").manifest
     assert manifest["encoder"]["type"] == "llm"
     assert manifest["encoder"]["instruction"] == instruction_for("scifact")
+
+
+def test_cli_index_instruction(tiny_model: Path, scifact_subset: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from retk.cli.main import app
+    from retk.retrieval import Index
+
+    runner = CliRunner()
+    indexed = runner.invoke(app, [
+        "index", str(scifact_subset), "--out", str(tmp_path / "index"), "--encoder", str(tiny_model), "--instruction", "auto",
+    ])
+    assert indexed.exit_code == 0, indexed.output
+    encoder_config = Index.open(tmp_path / "index").manifest["encoder"]
+    assert encoder_config["instruction"] == instruction_for("scifact")
+    assert encoder_config["query_template"].startswith("Instruct: {instruction}")
+
+    rejected = runner.invoke(app, ["index", str(scifact_subset), "--out", str(tmp_path / "bm25"), "--encoder", "bm25", "--instruction", "auto"])
+    assert rejected.exit_code != 0
+    assert not (tmp_path / "bm25").exists()

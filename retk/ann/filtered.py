@@ -11,8 +11,10 @@ Strategies (``STRATEGIES``):
     The FAISS HNSW index searched with an ``IDSelectorBitmap``; ``efSearch``
     grows as the filter gets more selective (see :mod:`retk.ann.planner`).
 ``ivf``
-    The FAISS IVF index searched with an ``IDSelectorBitmap``; ``nprobe``
-    grows as the filter gets more selective.
+    The FAISS IVF index searched with an ``IDSelectorBitmap``. With the
+    ``coverage`` knob (what the planner uses) each query probes its nearest
+    lists that contain allowed rows until they contain ``coverage`` of them,
+    so the probe count follows the filter; with ``nprobe`` it is fixed.
 ``hnswlib``
     An hnswlib graph searched with a filter callback (optional backend:
     ``pip install hnswlib``).

@@ -14,6 +14,8 @@ by :func:`calibrate`:
   case where most queries lie far from every allowed row), the smallest knob on
   a ladder whose recall@k against exact search reaches ``target_recall``, and the
   time per query at that knob, counting the exact fallback for short answers.
+  Climbing stops once a run takes ``CALIBRATION_BUDGET`` times as long as exact
+  search on the same filter, which bounds the calibration's time.
 
 Between calibrated selectivities the knob and the time are interpolated
 linearly in log-log space; below the smallest one, knob and time grow as

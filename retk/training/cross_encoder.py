@@ -240,6 +240,7 @@ def _group_step(model: Any, batch: Sequence[TrainingExample], negatives: int, lo
         for column, document in enumerate((example.positive, *example.negatives[:negatives])):
             pairs.append((example.anchor, document))
             positions.append(row * width + column)
+    # NOTE: preprocess() and the "scores" output are the sentence-transformers 6 CrossEncoder API; only 6.3 was run.
     features = _to_device(model.preprocess(pairs), model.device)
     scores = model(features)["scores"].reshape(-1).float()
     # Groups with fewer mined negatives are padded; the padding is masked out of the loss.

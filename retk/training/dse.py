@@ -12,9 +12,9 @@ whose logits for every (query, positive) and (query, hard negative) pair
 are computed once and cached on disk.
 
 Score calibration. Teacher logits and student scores live on different
-scales (a BCE-trained cross-encoder's logits span about -10..10, the
-student's ``scale * cos`` spans -scale..scale and starts near the base
-model's cosines), so the MSE target is an affine map of the teacher logit,
+scales. A cross-encoder's logits are unbounded, while the student's
+``scale * cos`` lies in [-scale, scale] and starts near the base model's
+cosines. The MSE target is therefore an affine map of the teacher logit,
 ``target = slope * logit + intercept``, fixed before training:
 
 - ``student`` (default): standardise the logits over all cached pairs and
@@ -143,6 +143,8 @@ class Calibration:
 
 def calibrate_to_student(teacher_logits: np.ndarray, student_scores: np.ndarray) -> Calibration:
     """Map logits to the student's score scale: standardise, then rescale to the student's mean and std."""
+    # NOTE: a nearly constant teacher gets a large slope, which amplifies its noise into the targets.
+    # Check that the teacher reranks well before distilling it.
     teacher_mean, teacher_std = float(np.mean(teacher_logits)), float(np.std(teacher_logits))
     student_mean, student_std = float(np.mean(student_scores)), float(np.std(student_scores))
     if teacher_std == 0.0:
