@@ -96,14 +96,7 @@ class CorpusReader:
         seen: dict[str, int] = {}
         for line, record in self._records():
             document = self._to_document(record, line)
-            if document.id in seen:
-                raise InputError(
-                    f"duplicate document id '{document.id}' (first seen at line {seen[document.id]})",
-                    path=self.path,
-                    line=line,
-                    field=self._id_key(record),
-                )
-            seen[document.id] = line
+            self._remember_id(document, record, line, seen)
             if not document.content:
                 self.skipped.add(EMPTY_TEXT, document.id)
                 continue
@@ -129,6 +122,17 @@ class CorpusReader:
         reader = HashingLineReader(self.path)
         yield from TEXT_FORMATS[self.format](reader)
         self._checksum = reader.sha256.hexdigest()
+
+    def _remember_id(self, document: Document, record: Record, line: int, seen: dict[str, int]) -> None:
+        """Record the line of ``document``'s id in ``seen``; a repeated id raises :class:`InputError`."""
+        if document.id in seen:
+            raise InputError(
+                f"duplicate document id '{document.id}' (first seen at line {seen[document.id]})",
+                path=self.path,
+                line=line,
+                field=self._id_key(record),
+            )
+        seen[document.id] = line
 
     def _id_key(self, record: Record) -> str:
         if self.id_field is not None:

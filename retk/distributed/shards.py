@@ -26,7 +26,7 @@ from retk.datasets import CorpusReader, Document
 from retk.datasets.corpus import EMPTY_TEXT
 from retk.datasets.lines import UTF8_BOM, HashingLineReader
 from retk.datasets.records import TEXT_FORMATS, Record
-from retk.errors import InputError, RetkError
+from retk.errors import RetkError
 from retk.retrieval.atomic import TEMPORARY_MARKER, atomic_directory
 from retk.retrieval.dense import EMBEDDINGS_NAME
 from retk.retrieval.docstore import DOCSTORE_NAME, documents_to_table
@@ -173,14 +173,7 @@ class ShardReader(CorpusReader):
         seen: dict[str, int] = {}
         for line, record in self._records():
             document = self._to_document(record, line)
-            if document.id in seen:
-                raise InputError(
-                    f"duplicate document id '{document.id}' (first seen at line {seen[document.id]})",
-                    path=self.path,
-                    line=line,
-                    field=self._id_key(record),
-                )
-            seen[document.id] = line
+            self._remember_id(document, record, line, seen)
             if not document.content:
                 content.skipped.append((EMPTY_TEXT, document.id, line, self._id_key(record)))
                 continue

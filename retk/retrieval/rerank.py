@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from retk.errors import RetkError
-from retk.retrieval.ranking import Hit, SearchResult
+from retk.retrieval.ranking import SearchResult
 
 if TYPE_CHECKING:
     from retk.retrieval.index import Index
