@@ -30,9 +30,10 @@ ADD_CHUNK_ROWS = 65_536
 def use_blas_for_all_batches() -> None:
     """Make exact FAISS search use BLAS for every batch size.
 
-    faiss-cpu 1.15 falls back to a scalar kernel below its
-    ``distance_compute_blas_threshold``; at d=384 that kernel is 6 to 8 times
-    slower for batches of 50 to 300 queries (``benchmarks/faiss_blas_threshold.py``).
+    faiss-cpu 1.15.1 uses a scalar kernel while a batch is below its
+    ``distance_compute_blas_threshold``. At d=384 over 50,000 vectors that
+    kernel was 7 to 13 times slower for batches of 50 to 300 queries on a
+    2-core VM (``benchmarks/faiss_blas_threshold.py``, docs/benchmarks.md).
     The setting is process-wide in FAISS.
     """
     faiss.cvar.distance_compute_blas_threshold = 1
