@@ -75,3 +75,23 @@ def test_help_lists_commands():
     process = retk("--help")
     for command in ("index", "search", "eval", "info", "train"):
         assert command in process.stdout
+
+
+def test_search_json_writes_dates_as_iso(tmp_path: Path):
+    import datetime
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    corpus = tmp_path / "c.parquet"
+    published = [datetime.date(2021, 3, 4), datetime.date(2019, 1, 2)]
+    pq.write_table(pa.table({"id": ["1", "2"], "text": ["dogs bark", "cats purr"], "published": published}), corpus)
+    retk("index", str(corpus), "--out", str(tmp_path / "i"), "--encoder", "bm25")
+    found = json.loads(retk("search", str(tmp_path / "i"), "dogs", "--json").stdout)
+    assert found["hits"][0]["attributes"] == {"published": "2021-03-04"}
+
+
+def test_leaderboard_unknown_test_rejected(tmp_path: Path):
+    process = retk("leaderboard", "build", str(tmp_path), "--out", str(tmp_path / "site"), "--test", "bogus", check=False)
+    assert process.returncode == 2
+    assert process.stderr.strip() == "error: unknown test 'bogus'; expected one of randomization, t-test"

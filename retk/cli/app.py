@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import typer
@@ -17,7 +18,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console(stderr=True)
+# soft_wrap keeps long messages on one line when stderr is not a terminal.
+console = Console(stderr=True, soft_wrap=True)
 state = {"debug": False}
 
 
@@ -31,10 +33,27 @@ def configure(
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     # bm25s sets its own logger to DEBUG at import, which would print through the root handler.
     logging.getLogger("bm25s").setLevel(level)
+    if level == logging.WARNING:
+        _hide_model_loading_bars()
+
+
+def _hide_model_loading_bars() -> None:
+    """Hide the Hugging Face "Loading weights" bars that every dense search would print.
+
+    The hub reads its setting from the environment at import, and transformers
+    copies the hub's state when it is imported, so both orders are handled.
+    """
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    hub = sys.modules.get("huggingface_hub")
+    if hub is not None:
+        hub.utils.disable_progress_bars()
+    transformers = sys.modules.get("transformers")
+    if transformers is not None:
+        transformers.utils.logging.disable_progress_bar()
 
 
 def main() -> None:
-    """Run the CLI; a retk error prints one line on stderr and exits with status 2.
+    """Run the CLI; an input, file or retk error prints one line on stderr and exits with status 2.
 
     Typer's standalone mode already turns usage errors (exit status 2) and
     Ctrl-C into a message and an exit status, so only retk's own errors and
@@ -45,7 +64,7 @@ def main() -> None:
     except RetkError as error:
         _fail(error, 2)
     except (OSError, ValueError) as error:
-        _fail(error, 1)
+        _fail(error, 2)
 
 
 def _fail(error: Exception, code: int) -> None:

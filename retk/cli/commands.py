@@ -111,7 +111,8 @@ def search_command(
         extra = {"filter": result.filter, "matched": result.matched} if result.filter is not None else {}
         if explain and result.plan is not None:
             extra["explain"] = result.explanation
-        print(json.dumps({"query": query, "k": k, "hits": hits, "note": result.note, **extra}, ensure_ascii=False, indent=2))
+        # default=str writes date and timestamp attributes as ISO strings.
+        print(json.dumps({"query": query, "k": k, "hits": hits, "note": result.note, **extra}, ensure_ascii=False, indent=2, default=str))
         return
     table = Table("rank", "doc id", "score", "title / text")
     for hit in result.hits:

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from retk.cli.app import app, console
+from retk.errors import RetkError
 
 leaderboard_app = typer.Typer(help="Publish evaluation results as a static leaderboard site.", no_args_is_help=True)
 app.add_typer(leaderboard_app, name="leaderboard")
@@ -24,7 +25,10 @@ def build_command(
     title: str = typer.Option("retk leaderboard", help="Site title."),
 ) -> None:
     """Write index.html, one page per run and a chart; open index.html from disk, no server needed."""
+    from retk.evaluation.significance import METHODS
     from retk.leaderboard import build_site
 
+    if test not in METHODS:
+        raise RetkError(f"unknown test '{test}'; expected one of {', '.join(METHODS)}")
     page = build_site(results_dir, out, baseline=baseline, method=test, alpha=alpha, trials=trials, title=title)
     console.print(f"wrote {page}")
