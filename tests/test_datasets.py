@@ -209,3 +209,10 @@ def test_scifact_counts(scifact_dir):
     assert sum(len(j) for j in dataset.qrels("train").values()) == 919
     with pytest.raises(InputError, match="available splits: test, train"):
         dataset.qrels("dev")
+
+
+def test_missing_id_uses_first_records_key(tmp_path):
+    path = write_jsonl(tmp_path / "c.jsonl", [{"_id": "d1", "text": "x"}, {"text": "no id"}])
+    with pytest.raises(InputError) as error:
+        read_all(path)
+    assert (error.value.line, error.value.field) == (2, "_id")

@@ -77,6 +77,7 @@ class CorpusReader:
         self.text_field = text_field
         self.skipped = SkipReport()
         self._checksum: str | None = None
+        self._detected_id_key: str | None = None
 
     @property
     def checksum(self) -> str:
@@ -135,9 +136,12 @@ class CorpusReader:
         seen[document.id] = line
 
     def _id_key(self, record: Record) -> str:
+        """Return the id key: ``id_field``, else ``_id`` or ``id`` as the first record uses."""
         if self.id_field is not None:
             return self.id_field
-        return "_id" if "_id" in record else "id"
+        if self._detected_id_key is None:
+            self._detected_id_key = "_id" if "_id" in record else "id"
+        return self._detected_id_key
 
     def _to_document(self, record: Record, line: int) -> Document:
         id_key = self._id_key(record)
