@@ -29,7 +29,11 @@ def configure(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show info logs."),
 ) -> None:
     state["debug"] = debug
-    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    level = logging.WARNING
+    if verbose:
+        level = logging.INFO
+    if debug:
+        level = logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     # bm25s sets its own logger to DEBUG at import, which would print through the root handler.
     logging.getLogger("bm25s").setLevel(level)
