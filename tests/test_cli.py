@@ -95,3 +95,12 @@ def test_leaderboard_unknown_test_rejected(tmp_path: Path):
     process = retk("leaderboard", "build", str(tmp_path), "--out", str(tmp_path / "site"), "--test", "bogus", check=False)
     assert process.returncode == 2
     assert process.stderr.strip() == "error: unknown test 'bogus'; expected one of randomization, t-test"
+
+
+def test_eval_on_other_corpus_names_it(scifact_subset: Path, tmp_path: Path):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"_id": "1", "text": "solar panels"}\n', encoding="utf-8")
+    retk("index", str(corpus), "--out", str(tmp_path / "i"), "--encoder", "bm25")
+    process = retk("eval", "--dataset", str(scifact_subset), "--index", str(tmp_path / "i"), check=False)
+    assert process.returncode == 2
+    assert "(their SHA-256 checksums differ); build the index from the dataset's corpus" in process.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from retk.datasets import BeirDataset, check_qrels, open_dataset
+from retk.errors import InputError, RetkError
 from retk.evaluation.metrics import DEFAULT_METRICS, Run, mean_metrics, per_query_metrics
 from retk.evaluation.trec import drop_identical_ids, write_trec_run
 from retk.hardware import describe_hardware
@@ -78,13 +80,17 @@ def evaluate(
     dataset = open_dataset(dataset)
     queries = dataset.queries()
     qrels_path = dataset.qrels_path(split)
-    qrels, skipped = check_qrels(
-        dataset.qrels(split),
-        query_ids=queries,
-        doc_ids=_known_document_ids(index),
-        path=qrels_path,
-        on_unknown=on_unknown_qrels,
-    )
+    try:
+        qrels, skipped = check_qrels(
+            dataset.qrels(split),
+            query_ids=queries,
+            doc_ids=_known_document_ids(index),
+            path=qrels_path,
+            on_unknown=on_unknown_qrels,
+        )
+    except InputError as error:
+        _raise_if_other_corpus(index, dataset)
+        raise error
     query_ids = sorted(qrels)
 
     started = time.perf_counter()
@@ -130,6 +136,23 @@ def _rerank_run(
     texts = document_texts(index, [doc_id for ranked in run.values() for doc_id, _ in ranked[:depth]])
     reranked = reranker.rerank([queries[q] for q in query_ids], [run[q] for q in query_ids], texts, depth=depth, progress=progress)
     return dict(zip(query_ids, reranked))
+
+
+def _raise_if_other_corpus(index: Index, dataset: Any) -> None:
+    """Raise a clearer error when the index was built from a different corpus file than the dataset's."""
+    corpus_path = Path(dataset.corpus_path)
+    built_from = index.manifest.get("corpus", {}).get("sha256")
+    if built_from is None or not corpus_path.is_file():
+        return
+    digest = hashlib.sha256()
+    with corpus_path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    if digest.hexdigest() != built_from:
+        raise RetkError(
+            f"{index.path} was built from {index.manifest['corpus']['path']}, not from {corpus_path} "
+            "(their SHA-256 checksums differ); build the index from the dataset's corpus"
+        )
 
 
 def _known_document_ids(index: Index) -> set[str]:
