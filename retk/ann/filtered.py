@@ -261,8 +261,12 @@ class FilteredSearcher:
         self.vectors = vectors
         self.total = len(vectors)
         self.index = index
-        self.hnsw_index = hnsw_index if hnsw_index is not None else (index if hnsw_of(index) is not None else None)
-        self.ivf_index = ivf_index if ivf_index is not None else (index if ivf_of(index) is not None else None)
+        if hnsw_index is None and hnsw_of(index) is not None:
+            hnsw_index = index
+        if ivf_index is None and ivf_of(index) is not None:
+            ivf_index = index
+        self.hnsw_index = hnsw_index
+        self.ivf_index = ivf_index
         self.hnswlib_index = hnswlib_index
         self.order = TieOrder(self.total, ids)
         self.default_ef = hnsw_of(self.hnsw_index).efSearch if self.hnsw_index is not None else 64
@@ -417,7 +421,7 @@ class FilteredSearcher:
         try:
             labels, distances = self.hnswlib_index.knn_query(queries, k=kk, filter=accept, num_threads=1)
         except RuntimeError:
-            # hnswlib raises when it cannot find k allowed neighbours; the exact fallback answers those.
+            # hnswlib raises when it cannot find k allowed neighbours, so the exact fallback searches those queries.
             labels = np.full((len(queries), kk), -1, dtype=np.int64)
             distances = np.zeros((len(queries), kk), dtype=np.float32)
             for position in range(len(queries)):

@@ -1,7 +1,7 @@
 """Choose a filtered-search strategy per query batch from the filter's selectivity and a calibrated cost model.
 
 Selectivity is not estimated: the filter is evaluated to a bitmap first, and
-counting its bits is cheap. The cost model says, for each strategy, how long a
+counting its bits is cheap. The cost model estimates, for each strategy, how long a
 query takes at a given selectivity and which knob (``efSearch``, ``nprobe``,
 over-fetch) reaches the target recall there. It is measured on the index itself
 by :func:`calibrate`:

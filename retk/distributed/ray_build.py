@@ -288,7 +288,7 @@ def assemble_index(
     skipped = _check_rows(store, shards, Path(settings.path))
     count = sum(info["document_count"] for info in infos)
     if count == 0:
-        raise ValueError(f"{settings.path} holds no indexable documents")
+        raise ValueError(f"{settings.path} contains no indexable documents")
     with atomic_directory(out, overwrite=overwrite) as folder:
         parts = [store.path(shard) / DOCSTORE_NAME for shard in shards]
         merge_document_parts(parts, folder / DOCSTORE_NAME, Path(settings.path))
@@ -440,7 +440,7 @@ def ray_build(
 
     shards, checksum = plan_shards(settings, shard_documents)
     if not shards:
-        raise ValueError(f"{settings.path} holds no indexable documents")
+        raise ValueError(f"{settings.path} contains no indexable documents")
     store.prepare(_plan(settings, checksum, shard_documents))
     _discard_other_encoder_shards(store, shards, request)
     missing = [shard for shard in shards if not store.is_stored(shard)]

@@ -72,7 +72,7 @@ def build_index(
             if progress is not None:
                 progress(store.count, expected)
         if store.count == 0:
-            raise ValueError(f"{reader.path} holds no indexable documents")
+            raise ValueError(f"{reader.path} contains no indexable documents")
         store.close()
         section = builder.finish()
         manifest = assemble_manifest(
