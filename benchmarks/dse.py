@@ -52,6 +52,10 @@ def main() -> None:
     parser.add_argument("--teacher-learning-rate", type=float, default=5e-5)
     parser.add_argument("--student-learning-rate", type=float, default=2e-5)
     parser.add_argument("--teacher-batch-size", type=int, default=8, help="Queries per teacher training step.")
+    parser.add_argument("--teacher-epochs", type=int, default=1)
+    parser.add_argument("--teacher-loss", default="bce", help="Cross-encoder group loss: bce or listwise.")
+    parser.add_argument("--student-epochs", type=int, default=1)
+    parser.add_argument("--distillation", default="mse", help="DSE distillation term: mse or margin-mse.")
     parser.add_argument("--student-batch-size", type=int, default=16, help="Queries per student training step.")
     parser.add_argument("--calibration-sample", type=int, default=256)
     parser.add_argument("--rerank-depth", type=int, default=100)
@@ -70,18 +74,22 @@ def main() -> None:
     teacher = args.out / "teacher"
     teacher_settings = CrossEncoderSettings(
         negatives=args.teacher_negatives,
+        epochs=args.teacher_epochs,
+        loss=args.teacher_loss,
         max_length=args.max_length,
         learning_rate=args.teacher_learning_rate,
         batch_size=args.teacher_batch_size,
         max_examples=args.train_examples,
         seed=args.seed,
     )
-    step(args.out, "teacher-training", lambda: timed(lambda: train_cross_encoder(args.dataset, teacher, teacher_settings, overwrite=True), teacher))
+    step(args.out, "teacher-training", lambda: timed(lambda: train_cross_encoder(args.dataset, teacher, teacher_settings, overwrite=True, progress=report), teacher))
     step(args.out, "bm25+teacher", lambda: metrics(evaluate(args.out / "index-bm25", dataset, rerank=str(teacher), rerank_depth=depth)))
 
     for name, c in (("student-c0", 0.0), ("dse-c0.5", 0.5)):
         settings = DSESettings(
             c=c,
+            distillation=args.distillation,
+            epochs=args.student_epochs,
             negatives=args.student_negatives,
             max_seq_length=args.max_length,
             teacher_max_length=args.max_length,
@@ -92,11 +100,17 @@ def main() -> None:
             seed=args.seed,
         )
         folder = args.out / name
-        step(args.out, f"{name}-training", lambda: timed(lambda: train_dse(args.dataset, folder, settings, teacher=teacher, cache_dir=args.out / "teacher-cache", overwrite=True), folder))
+        step(args.out, f"{name}-training", lambda: timed(lambda: train_dse(args.dataset, folder, settings, teacher=teacher, cache_dir=args.out / "teacher-cache", overwrite=True, progress=report), folder))
         step(args.out, name, lambda: metrics(evaluate(index(dataset, args.out / f"index-{name}", str(folder)), dataset)))
 
     step(args.out, "speed", lambda: speed(teacher, args.out / "dse-c0.5", args.out / "index-dse-c0.5", args.candidates, args.max_length))
     summarize(args.out)
+
+
+def report(step_number: int, total: int, loss: float) -> None:
+    """Print every 10th training step with its loss."""
+    if step_number % 10 == 0 or step_number == total:
+        print(f"  step {step_number}/{total} loss {loss:.4f} {time.strftime('%H:%M:%S')}", flush=True)
 
 
 def subset_dataset(dataset: BeirDataset, folder: Path, queries: int | None, extra: int | None, seed: int) -> BeirDataset:

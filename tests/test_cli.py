@@ -48,6 +48,9 @@ def test_search_json_when_fewer_than_k(tmp_path: Path):
     [
         (["search", "/nonexistent/index", "q"], "error: index folder /nonexistent/index not found"),
         (["index", "/nonexistent/corpus.jsonl", "--out", "/tmp/never"], "error: /nonexistent/corpus.jsonl: corpus file not found"),
+        (["info", str(Path(__file__))], f"error: {Path(__file__)} is a file; an index is the folder that 'retk index' writes"),
+        # The strategy is checked before the index (and its model) is opened.
+        (["search", "/nonexistent/index", "q", "--strategy", "fastest"], "error: unknown strategy 'fastest'; expected auto or one of exact, hnsw, ivf, hnswlib, postfilter"),
     ],
 )
 def test_errors_are_one_line(arguments, expected):

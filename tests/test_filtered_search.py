@@ -177,6 +177,52 @@ def test_planner_calibration_and_explain(collection):
     assert planner.plan(tiny, len(queries), K).strategy == "exact"
 
 
+def test_local_selectivity_sees_a_filter_correlated_with_the_vectors(collection):
+    """A filter on the vectors' own cluster leaves far queries no allowed rows nearby; a random one leaves all the same share."""
+    vectors, queries, table, searcher = collection
+    clusters = table.column("cluster").to_numpy()
+    near = clusters == 4
+    local = searcher.regions.local_selectivity(vectors[near][:20], near)
+    far = searcher.regions.local_selectivity(vectors[~near][:20], near)
+    assert np.median(local) > 0.5 > 0.05 > np.median(far)
+    random_mask = np.random.default_rng(0).random(COUNT) < near.mean()
+    spread = searcher.regions.local_selectivity(vectors[:200], random_mask)
+    assert abs(np.median(spread) - random_mask.mean()) < 0.5 * random_mask.mean()
+
+
+def test_per_query_ef_equals_searching_each_group_alone(collection):
+    vectors, queries, table, searcher = collection
+    allowed = AllowedSet(Filter.parse("price < 0.3").evaluate(table))
+    efs = np.where(np.arange(len(queries)) % 2 == 0, 16, 200)
+    together = searcher.search(queries, allowed, K, "hnsw", ef=efs)
+    np.testing.assert_array_equal(together.knobs["ef"], efs)
+    for value in (16, 200):
+        positions = np.flatnonzero(efs == value)
+        alone = searcher.search(queries[positions], allowed, K, "hnsw", ef=value)
+        for position, rows in zip(positions, alone.rows):
+            np.testing.assert_array_equal(together.rows[position], rows)
+
+
+def test_planner_rules_out_graph_search_for_queries_far_from_every_allowed_row(collection):
+    """With a cost model where HNSW cannot reach the target below 2% local selectivity, far queries rule it out."""
+    vectors, queries, table, searcher = collection
+    model = {
+        "source": "calibrated",
+        "k": K,
+        "target_recall": 0.97,
+        "exact": {"overhead_ms": 0.05, "gather_ns_per_row": 150.0, "dot_ns_per_pair": 0.3},
+        "hnsw": {"knob": "ef", "points": [{"selectivity": 1.0, "ef": 32, "ms_per_query": 0.02}, {"selectivity": 0.05, "ef": 256, "ms_per_query": 0.1}], "unreached": [0.02]},
+    }
+    planner = Planner(searcher, model)
+    clusters = table.column("cluster").to_numpy()
+    allowed = AllowedSet(clusters == 4)
+    far = vectors[clusters != 4][:16]
+    estimate = {e.strategy: e for e in planner.plan(allowed, far, K).estimates}["hnsw"]
+    assert estimate.seconds is None and "too few allowed rows nearby" in estimate.note
+    near = vectors[clusters == 4][:16]
+    assert {e.strategy: e for e in planner.plan(allowed, near, K).estimates}["hnsw"].seconds is not None
+
+
 def test_gpu_indexes_never_get_a_selector(collection, monkeypatch):
     """FAISS ignores IDSelector on GPU: the IVF strategy must be refused and search stay exact."""
     vectors, queries, table, searcher = collection

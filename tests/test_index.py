@@ -146,3 +146,15 @@ def test_mixed_attribute_types_widen_across_batches(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     index = build_index(path, tmp_path / "idx", "bm25", batch_documents=1)
     assert index.documents.table.column("score").to_pylist() == [1.0, 2.5, None]
+
+
+def test_clashing_attribute_types_name_the_line(tmp_path):
+    from retk.errors import InputError
+
+    path = tmp_path / "c.jsonl"
+    records = [{"_id": "a", "text": "x", "year": 2001}, {"_id": "b", "text": "y", "year": 2002}, {"_id": "c", "text": "z", "year": "unknown"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    with pytest.raises(InputError, match="document 'c' has a str value, but document 'a' has a number") as error:
+        build_index(path, tmp_path / "idx", "bm25")
+    assert (error.value.line, error.value.field) == (3, "year")
+    assert not (tmp_path / "idx").exists()

@@ -99,6 +99,19 @@ def test_search_and_rerank_hits(tiny_setup):
     assert all(hit.text for hit in result.hits)
 
 
+def test_filtered_search_and_rerank(tiny_setup):
+    """The filter restricts the first stage; the reranked hits are the filtered hits in the cross-encoder's order."""
+    _, teacher, index = tiny_setup
+    reranker = CrossEncoderReranker(str(teacher), batch_size=2)
+    first_stage = index.search("topic 3 word8", k=6, filter="parity = 'even'")
+    result = search_and_rerank(index, ["topic 3 word8"], reranker, k=4, depth=6, filter="parity = 'even'")[0]
+    assert all(hit.attributes["parity"] == "even" for hit in first_stage.hits)
+    texts = {hit.doc_id: f"{hit.title} {hit.text}".strip() for hit in first_stage.hits}
+    expected = expected_head(reranker, "topic 3 word8", [(hit.doc_id, hit.score) for hit in first_stage.hits], texts)
+    assert [hit.doc_id for hit in result.hits] == [doc_id for doc_id, _ in expected[:4]]
+    assert result.filter == "parity = 'even'" and result.matched == 15
+
+
 def test_progress_counts_pairs(tiny_setup):
     _, teacher, _ = tiny_setup
     reranker = CrossEncoderReranker(str(teacher))
@@ -130,6 +143,13 @@ def test_cli_search_and_eval_rerank(tiny_setup, tmp_path: Path):
     assert searched.exit_code == 0, searched.output
     hits = json.loads(searched.stdout)["hits"]
     assert [hit["rank"] for hit in hits] == [1, 2, 3]
+    filtered = runner.invoke(
+        app, ["search", str(index.path), "topic 3 word8", "-k", "3", "--json", "--rerank", str(teacher), "--filter", "parity = 'odd'", "--explain"]
+    )
+    assert filtered.exit_code == 0, filtered.output
+    answer = json.loads(filtered.stdout)
+    assert answer["matched"] == 15 and all(hit["attributes"]["parity"] == "odd" for hit in answer["hits"])
+    assert "selectivity 50.0%" in answer["explain"]
     evaluated = runner.invoke(
         app,
         ["eval", "--dataset", str(dataset), "--index", str(index.path), "--rerank", str(teacher), "--rerank-depth", "5", "--output", str(tmp_path / "r.json")],

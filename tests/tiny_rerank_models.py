@@ -64,9 +64,12 @@ def tiny_bi_encoder(folder: Path, seed: int = 0) -> Path:
 
 
 def tiny_beir_dataset(folder: Path, documents: int = 30, queries: int = 12) -> Path:
-    """Write a BEIR folder where query i ("topic i%5 wordi") is relevant to document i in train and test."""
+    """Write a BEIR folder where query i ("topic i%5 wordi") is relevant to document i in train and test.
+
+    Each document carries a ``parity`` attribute, ``even`` or ``odd``, for filtered searches.
+    """
     (folder / "qrels").mkdir(parents=True)
-    corpus = [{"_id": f"d{i:02d}", "title": f"title {i}", "text": f"document about topic {i % 5} and word{i}"} for i in range(documents)]
+    corpus = [{"_id": f"d{i:02d}", "title": f"title {i}", "text": f"document about topic {i % 5} and word{i}", "parity": "odd" if i % 2 else "even"} for i in range(documents)]
     (folder / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in corpus), encoding="utf-8")
     lines = [{"_id": f"q{i:02d}", "text": f"topic {i % 5} word{i}"} for i in range(queries)]
     (folder / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in lines), encoding="utf-8")

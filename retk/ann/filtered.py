@@ -42,14 +42,17 @@ from typing import Any
 import faiss
 import numpy as np
 
+from retk.ann.regions import Regions
+
 logger = logging.getLogger(__name__)
 
 STRATEGIES = ("exact", "hnsw", "ivf", "hnswlib", "postfilter")
 # Rows gathered or scanned per matrix product: 32,768 x 384 float32 is 48 MiB.
 CHUNK_ROWS = 32_768
-# From this fraction of allowed rows on, exact search scans the whole matrix in
-# contiguous blocks and masks the disallowed scores instead of gathering rows.
-FULL_SCAN_SELECTIVITY = 0.5
+# Copying one row out of the matrix costs about as much as this many query-row products (float32, any
+# dimension: both scale with it). Exact search scans the whole matrix instead of gathering the allowed rows
+# when the products it wastes on disallowed rows cost less than the gather (see ``scans_whole_matrix``).
+GATHER_COST_IN_PAIRS = 12
 MAX_FETCH = 8192
 GPU_MAX_FETCH = 2048
 
@@ -165,6 +168,16 @@ def _top(scores: np.ndarray, rows: np.ndarray, kk: int, rank: np.ndarray) -> tup
     return np.take_along_axis(top_rows, order, axis=1), np.take_along_axis(top_scores, order, axis=1)
 
 
+def scans_whole_matrix(count: int, total: int, queries: int) -> bool:
+    """Whether exact search over ``count`` of ``total`` rows should scan every row and mask, rather than gather.
+
+    Scanning wastes ``queries x (total - count)`` products; gathering copies
+    ``count`` rows. One query over 10% of the rows already scans; 1,000
+    queries gather until 99% of the rows are allowed.
+    """
+    return (total - count) * queries <= GATHER_COST_IN_PAIRS * count
+
+
 def exact_search(
     vectors: np.ndarray, queries: np.ndarray, allowed: AllowedSet, k: int, order: TieOrder, chunk_rows: int = CHUNK_ROWS
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -177,7 +190,7 @@ def exact_search(
     if kk == 0 or nq == 0:
         return best_rows, best_scores
     rank = order.rank
-    if allowed.selectivity >= FULL_SCAN_SELECTIVITY:
+    if scans_whole_matrix(allowed.count, allowed.total, nq):
         for start in range(0, allowed.total, chunk_rows):
             end = min(start + chunk_rows, allowed.total)
             keep = allowed.mask[start:end]
@@ -257,6 +270,7 @@ class FilteredSearcher:
         ivf_index: Any = None,
         hnswlib_index: Any = None,
         ids: Sequence[str] | None = None,
+        regions: Regions | None = None,
     ) -> None:
         self.vectors = vectors
         self.total = len(vectors)
@@ -269,8 +283,16 @@ class FilteredSearcher:
         self.ivf_index = ivf_index
         self.hnswlib_index = hnswlib_index
         self.order = TieOrder(self.total, ids)
+        self._regions = regions
         self.default_ef = hnsw_of(self.hnsw_index).efSearch if self.hnsw_index is not None else 64
         self.default_nprobe = ivf_of(self.ivf_index).nprobe if self.ivf_index is not None else 16
+
+    @property
+    def regions(self) -> Regions:
+        """The coarse regions the planner reads local selectivity from; clustered on first use when none were given."""
+        if self._regions is None:
+            self._regions = Regions.fit(self.vectors)
+        return self._regions
 
     def availability(self) -> dict[str, str | None]:
         """Each strategy mapped to None when usable, else the reason it is not."""
@@ -346,14 +368,16 @@ class FilteredSearcher:
                 scores_out[position] = exact_scores[slot]
         return FilteredHits(rows_out, scores_out, strategy, knobs, fallbacks=len(short))
 
-    def _hnsw(self, queries, allowed, kk, ef: int | None = None, **_: Any):
-        ef = int(ef or self.default_ef)
-        params = faiss.SearchParametersHNSW()
-        params.efSearch = max(ef, kk)
-        if allowed.count < allowed.total:
-            params.sel = allowed.selector()
-        scores, rows = self.hnsw_index.search(queries, kk, params=params)
-        return rows, scores, {"ef": params.efSearch}
+    def _hnsw(self, queries, allowed, kk, ef: int | np.ndarray | None = None, **_: Any):
+        def run(group: np.ndarray, value: int):
+            params = faiss.SearchParametersHNSW()
+            params.efSearch = max(value, kk)
+            if allowed.count < allowed.total:
+                params.sel = allowed.selector()
+            scores, rows = self.hnsw_index.search(group, kk, params=params)
+            return rows, scores
+
+        return _per_knob(queries, kk, _knob_values(ef, self.default_ef, len(queries), kk), run, "ef")
 
     def _ivf(self, queries, allowed, kk, nprobe: int | None = None, coverage: int | None = None, **_: Any):
         ivf = ivf_of(self.ivf_index)
@@ -413,8 +437,11 @@ class FilteredSearcher:
             self._row_lists = owner
         return self._row_lists
 
-    def _hnswlib(self, queries, allowed, kk, ef: int | None = None, **_: Any):
-        ef = max(int(ef or self.default_ef), kk)
+    def _hnswlib(self, queries, allowed, kk, ef: int | np.ndarray | None = None, **_: Any):
+        values = _knob_values(ef, self.default_ef, len(queries), kk)
+        return _per_knob(queries, kk, values, lambda group, value: self._hnswlib_group(group, allowed, kk, value), "ef")
+
+    def _hnswlib_group(self, queries, allowed, kk, ef: int):
         self.hnswlib_index.set_ef(ef)
         mask = allowed.mask
         accept = None if allowed.count == allowed.total else (lambda label: bool(mask[label]))
@@ -431,7 +458,7 @@ class FilteredSearcher:
                 except RuntimeError:
                     pass
         # hnswlib's "ip" space returns 1 - inner product.
-        return labels.astype(np.int64), (1.0 - distances).astype(np.float32), {"ef": ef}
+        return labels.astype(np.int64), (1.0 - distances).astype(np.float32)
 
     def _postfilter(self, queries, allowed, kk, fetch: int | None = None, ef: int | None = None, nprobe: int | None = None, **_: Any):
         if fetch is None:
@@ -455,6 +482,23 @@ class FilteredSearcher:
         else:
             scores, rows = self.index.search(queries, fetch)
         return rows, scores, used
+
+
+def _knob_values(value: int | np.ndarray | None, default: int, count: int, kk: int) -> np.ndarray:
+    """One knob per query: ``value`` (a scalar or one per query) or ``default``, at least ``kk``."""
+    values = np.broadcast_to(np.asarray(default if value is None else value, dtype=np.int64), (count,))
+    return np.maximum(values, kk)
+
+
+def _per_knob(queries: np.ndarray, kk: int, values: np.ndarray, run: Any, name: str):
+    """Search each group of queries that share a knob value with ``run(group, value) -> (rows, scores)``."""
+    rows = np.empty((len(queries), kk), dtype=np.int64)
+    scores = np.empty((len(queries), kk), dtype=np.float32)
+    for value in np.unique(values):
+        positions = np.flatnonzero(values == value)
+        rows[positions], scores[positions] = run(np.ascontiguousarray(queries[positions]), int(value))
+    used = int(values[0]) if len(np.unique(values)) == 1 else values.copy()
+    return rows, scores, {name: used}
 
 
 def build_hnswlib(vectors: np.ndarray, m: int = 32, ef_construction: int = 200, threads: int = -1) -> Any:

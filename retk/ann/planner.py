@@ -8,14 +8,24 @@ by :func:`calibrate`:
 
 * ``exact``: the cost of gathering one row and of one query-row dot product
   (so exact cost = overhead + gather x allowed rows + dot x queries x allowed rows);
-* ``hnsw``, ``ivf``, ``hnswlib``, ``postfilter``: at selectivities 100%, 30%,
-  10%, 3%, 1%, 0.3% (those that leave at least 50 rows), with two filters each
-  (uniformly random rows, and the rows nearest one random document, the hard
-  case where most queries lie far from every allowed row), the smallest knob on
-  a ladder whose recall@k against exact search reaches ``target_recall``, and the
-  time per query at that knob, counting the exact fallback for short answers.
-  Climbing stops once a run takes ``CALIBRATION_BUDGET`` times as long as exact
-  search on the same filter, which bounds the calibration's time.
+* ``hnsw``, ``ivf``, ``hnswlib``, ``postfilter``: at selectivities from 100%
+  down to 0.2% in 1-2-5 steps (those that leave at least 50 rows), on a filter
+  of uniformly random rows, the smallest knob on a ladder whose recall@k
+  against exact search reaches ``target_recall``, and the time per query at
+  that knob, counting the exact fallback for short answers. IVF must also
+  reach the target on a filter correlated with the vectors (the rows nearest
+  one random document). Climbing stops once a run
+  takes ``CALIBRATION_BUDGET`` times as long as exact search on the same
+  filter, which bounds the calibration's time.
+
+A random filter leaves every query the same share of allowed rows nearby. A
+real filter need not: one correlated with the vectors leaves some queries
+with almost none (:mod:`retk.ann.regions`). So graph search and post-filtering,
+which only see a query's neighbourhood, are costed per query at that query's
+local selectivity, and each query gets its own ``efSearch``; IVF, whose
+``coverage`` knob already follows the allowed rows list by list, is costed at
+the global selectivity. Queries whose neighbourhood lies below every
+selectivity graph search reached in calibration rule it out for the batch.
 
 Between calibrated selectivities the knob and the time are interpolated
 linearly in log-log space; below the smallest one, knob and time grow as
@@ -47,24 +57,28 @@ from typing import Any
 
 import numpy as np
 
-from retk.ann.filtered import STRATEGIES, AllowedSet, FilteredSearcher
+from retk.ann.filtered import MAX_FETCH, STRATEGIES, AllowedSet, FilteredSearcher, scans_whole_matrix
 
 logger = logging.getLogger(__name__)
 
-CALIBRATION_VERSION = 1
-CALIBRATION_SELECTIVITIES = (1.0, 0.3, 0.1, 0.03, 0.01, 0.003)
+CALIBRATION_VERSION = 2
+CALIBRATION_SELECTIVITIES = (1.0, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002)
 CALIBRATION_MIN_ROWS = 50
-CALIBRATION_QUERIES = 64
-TARGET_RECALL = 0.97
-EXACT_PREFERENCE = 1.15
+CALIBRATION_QUERIES = 128
+TARGET_RECALL = 0.96
+EXACT_PREFERENCE = 1.05
 # A knob whose run takes this many times longer than exact search is not worth raising further: calibration
 # stops there and marks the selectivity unreached, which also bounds the calibration's time.
 CALIBRATION_BUDGET = 20.0
-EF_LADDER = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
-FETCH_FACTORS = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
+# Exact search on a tiny index takes microseconds, so the budget is at least this many seconds of it.
+BUDGET_FLOOR_SECONDS = 0.005
+EF_LADDER = (16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 256, 320, 384, 512, 640, 768, 1024, 1536, 2048, 3072, 4096)
+FETCH_FACTORS = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0, 8.0)
 # IVF's knob is the number of allowed rows each query's probed lists must hold (see FilteredSearcher._ivf_coverage).
 COVERAGE_LADDER = (20, 30, 40, 60, 80, 120, 160, 240, 320, 480, 640, 960, 1280, 1920, 2560, 3840, 5120, 7680, 10240, 15360, 20480, 40960)
 KNOB_OF = {"hnsw": "ef", "hnswlib": "ef", "ivf": "coverage", "postfilter": "fetch_factor"}
+# Strategies that see only a query's neighbourhood, so their cost follows its local selectivity.
+LOCAL_STRATEGIES = ("hnsw", "hnswlib", "postfilter")
 
 # Used when an index has no calibration: exact costs of a typical 2-core CPU, no ANN points.
 DEFAULT_MODEL: dict[str, Any] = {
@@ -107,7 +121,7 @@ def calibrate(
     available = searcher.availability()
     chosen = [s for s in (strategies or STRATEGIES) if s != "exact" and available[s] is None]
     levels = [s for s in selectivities if s * total >= CALIBRATION_MIN_ROWS]
-    masks = {s: _calibration_masks(vectors, s, rng) for s in levels}
+    masks = {s: _calibration_masks(vectors, s, rng, correlated="ivf" in chosen) for s in levels}
     truths: dict[float, list[np.ndarray]] = {}
     exact_seconds: dict[float, list[float]] = {}
     for s in levels:
@@ -116,7 +130,10 @@ def calibrate(
             truths.setdefault(s, []).append(hits.rows)
             exact_seconds.setdefault(s, []).append(hits.seconds)
     for strategy in chosen:
-        model[strategy] = _calibrate_strategy(searcher, strategy, sample, k, levels, masks, truths, exact_seconds, target_recall)
+        # Only IVF is planned at the global selectivity, so only IVF must also meet the target on a correlated filter.
+        kinds = slice(None) if strategy == "ivf" else slice(0, 1)
+        picked = ({s: m[kinds] for s, m in masks.items()}, {s: t[kinds] for s, t in truths.items()}, {s: e[kinds] for s, e in exact_seconds.items()})
+        model[strategy] = _calibrate_strategy(searcher, strategy, sample, k, levels, *picked, target_recall)
         # The unfiltered knob becomes the base that post-filtering searches with.
         apply_base_knobs(searcher, model)
     model["seconds"] = round(time.perf_counter() - started, 3)
@@ -136,18 +153,20 @@ def _calibration_queries(vectors: np.ndarray, count: int, rng: np.random.Generat
     return np.ascontiguousarray(queries * norms.mean(), dtype=np.float32)
 
 
-def _calibration_masks(vectors: np.ndarray, selectivity: float, rng: np.random.Generator) -> list[AllowedSet]:
+def _calibration_masks(vectors: np.ndarray, selectivity: float, rng: np.random.Generator, correlated: bool) -> list[AllowedSet]:
+    """A filter of random rows, then (when ``correlated``) the rows nearest one random document."""
     total = len(vectors)
     count = max(1, int(round(selectivity * total)))
     if count >= total:
         return [AllowedSet.everything(total)]
-    random_rows = rng.choice(total, size=count, replace=False)
-    anchor = np.asarray(vectors[int(rng.integers(total))], dtype=np.float32)
-    projection = np.concatenate(
-        [np.asarray(vectors[start : start + 65_536], dtype=np.float32) @ anchor for start in range(0, total, 65_536)]
-    )
-    region_rows = np.argpartition(-projection, count - 1)[:count]
-    return [AllowedSet.from_rows(random_rows, total), AllowedSet.from_rows(region_rows, total)]
+    masks = [AllowedSet.from_rows(rng.choice(total, size=count, replace=False), total)]
+    if correlated:
+        anchor = np.asarray(vectors[int(rng.integers(total))], dtype=np.float32)
+        projection = np.concatenate(
+            [np.asarray(vectors[start : start + 65_536], dtype=np.float32) @ anchor for start in range(0, total, 65_536)]
+        )
+        masks.append(AllowedSet.from_rows(np.argpartition(-projection, count - 1)[:count], total))
+    return masks
 
 
 def _calibrate_exact(searcher: FilteredSearcher, sample: np.ndarray, rng: np.random.Generator) -> dict[str, float]:
@@ -188,7 +207,7 @@ def _calibrate_strategy(searcher, strategy, sample, k, levels, masks, truths, ex
                 recall = _recall(hits.rows, truth)
                 if recall >= target_recall:
                     break
-                if hits.seconds > CALIBRATION_BUDGET * max(exact_time, 1e-4):
+                if hits.seconds > CALIBRATION_BUDGET * max(exact_time, BUDGET_FLOOR_SECONDS):
                     position = len(ladder)
                     break
                 position += 1
@@ -290,7 +309,7 @@ class Plan:
         if self.filter_text is not None:
             lines.append(f"filter: {self.filter_text}")
         lines.append(f"matches: {self.count:,} of {self.total:,} documents (selectivity {_percent(self.selectivity)})")
-        knob_text = ", ".join(f"{name}={value}" for name, value in self.knobs.items())
+        knob_text = describe_knobs(self.knobs)
         lines.append(f"strategy: {self.strategy}" + (f" ({knob_text})" if knob_text else "") + f"  (requested: {self.requested})")
         lines.append(f"why: {self.reason}")
         lines.append(f"estimates for {self.queries} quer{'y' if self.queries == 1 else 'ies'} (cost model: {self.model_source}):")
@@ -301,6 +320,27 @@ class Plan:
             fallback = f", {self.fallbacks} quer{'y' if self.fallbacks == 1 else 'ies'} completed by exact search" if self.fallbacks else ""
             lines.append(f"ran in {self.seconds * 1e3:.3f} ms{fallback}")
         return "\n".join(lines)
+
+
+def describe_knobs(knobs: dict[str, Any]) -> str:
+    """``name=value`` pairs; a per-query knob shows its range and median."""
+    parts = []
+    for name, value in knobs.items():
+        if isinstance(value, np.ndarray):
+            parts.append(f"{name}={int(value.min())}..{int(value.max())} per query (median {int(np.median(value))})")
+        else:
+            parts.append(f"{name}={value}")
+    return ", ".join(parts)
+
+
+def _spread(local: np.ndarray, allowed: AllowedSet) -> str:
+    """Say how unevenly the allowed rows lie around the queries, when they do."""
+    if len(local) < 2 or allowed.count in (0, allowed.total):
+        return ""
+    low, high = np.quantile(local, [0.1, 0.9])
+    if high <= 2 * max(low, 1e-12):
+        return ""
+    return f"; allowed rows nearby: {_percent(float(low))} to {_percent(float(high))} of rows (10th to 90th percentile of queries)"
 
 
 def _percent(value: float) -> str:
@@ -333,72 +373,109 @@ class Planner:
             return f"calibrated on this index ({self.model.get('seconds', 0):.1f} s, {self.model.get('queries')} queries)"
         return "default (no calibration in the manifest: only exact is chosen automatically)"
 
-    def estimate(self, strategy: str, allowed: AllowedSet, queries: int, k: int) -> Estimate:
+    def estimate(self, strategy: str, allowed: AllowedSet, local: np.ndarray, k: int) -> Estimate:
+        """Estimate one strategy for queries whose local selectivities are ``local`` (one per query)."""
         reason = self.searcher.availability()[strategy]
         if reason is not None:
             return Estimate(strategy, None, note=f"unavailable: {reason}")
         if strategy == "exact":
-            return self._exact(allowed, queries)
+            return self._exact(allowed, len(local))
         section = self.model.get(strategy)
         if not section:
             return Estimate(strategy, None, note="not calibrated for this index")
-        return self._approximate(strategy, section, allowed, queries, k)
+        return ESTIMATORS[strategy](self, strategy, section, allowed, local, k)
+
+    def local_selectivity(self, allowed: AllowedSet, queries: np.ndarray | int) -> np.ndarray:
+        """Each query's share of allowed rows nearby (:mod:`retk.ann.regions`); the global share without vectors."""
+        count = queries if isinstance(queries, int) else len(queries)
+        neighbourhood_matters = any((self.model.get(name) or {}).get("points") for name in LOCAL_STRATEGIES)
+        if isinstance(queries, int) or allowed.count in (0, allowed.total) or not neighbourhood_matters:
+            return np.full(count, allowed.selectivity)
+        return self.searcher.regions.local_selectivity(queries, allowed.mask)
 
     def _exact(self, allowed: AllowedSet, queries: int) -> Estimate:
         costs = self.model["exact"]
         count = allowed.count
-        scan = allowed.selectivity >= 0.5
+        scan = scans_whole_matrix(count, allowed.total, queries)
         rows = allowed.total if scan else count
         gather = 0.0 if scan else costs["gather_ns_per_row"] * count * 1e-9
         seconds = costs["overhead_ms"] * 1e-3 + gather + costs["dot_ns_per_pair"] * 1e-9 * queries * rows
         how = f"scan all {allowed.total:,} vectors, mask" if scan else f"gather {count:,} vectors"
         return Estimate("exact", seconds, note=f"{how} + BLAS; exact")
 
-    def _approximate(self, strategy: str, section: dict[str, Any], allowed: AllowedSet, queries: int, k: int) -> Estimate:
+    def _curve(self, section: dict[str, Any], selectivity: float) -> tuple[float, float, bool] | None:
+        """The calibrated ``(knob, ms per query, extrapolated)`` at ``selectivity``; None where the target is out of reach."""
         points = section.get("points", [])
         knob_name = section["knob"]
-        s = max(allowed.selectivity, 1.0 / max(allowed.total, 1))
-        unreached = [u for u in section.get("unreached", [])]
-        if unreached and s <= max(unreached) * 1.0001:
-            return Estimate(strategy, None, note=f"cannot reach recall {self.model.get('target_recall', TARGET_RECALL)} at selectivity ≤ {_percent(max(unreached))} (calibration)")
-        if not points:
-            return Estimate(strategy, None, note="no calibration point")
+        unreached = section.get("unreached", [])
+        if (unreached and selectivity <= max(unreached) * 1.0001) or not points:
+            return None
         ordered = sorted(points, key=lambda p: -p["selectivity"])
-        note = ""
-        if s >= ordered[0]["selectivity"]:
-            knob, ms = ordered[0][knob_name], ordered[0]["ms_per_query"]
-        elif s <= ordered[-1]["selectivity"]:
-            lowest = ordered[-1]
+        if selectivity >= ordered[0]["selectivity"]:
+            return ordered[0][knob_name], ordered[0]["ms_per_query"], False
+        lowest = ordered[-1]
+        if selectivity <= lowest["selectivity"]:
             if unreached:
-                return Estimate(strategy, None, note=f"not calibrated below {_percent(lowest['selectivity'])}")
-            growth = lowest["selectivity"] / s
+                return None
+            growth = lowest["selectivity"] / selectivity
             knob = lowest[knob_name] if knob_name == "fetch_factor" else lowest[knob_name] * growth
-            ms = lowest["ms_per_query"] * growth
-            note = " (extrapolated below the calibrated selectivities)"
-        else:
-            for high, low in zip(ordered, ordered[1:]):
-                if low["selectivity"] <= s <= high["selectivity"]:
-                    t = (math.log(high["selectivity"]) - math.log(s)) / (math.log(high["selectivity"]) - math.log(low["selectivity"]))
-                    knob = math.exp((1 - t) * math.log(high[knob_name]) + t * math.log(low[knob_name]))
-                    ms = math.exp((1 - t) * math.log(max(high["ms_per_query"], 1e-6)) + t * math.log(max(low["ms_per_query"], 1e-6)))
-                    break
-        knobs = self._knobs(strategy, knob, allowed, k)
-        description = ", ".join(f"{name}={value}" for name, value in knobs.items())
-        return Estimate(strategy, ms * 1e-3 * queries, knobs, note=f"{description}{note}")
+            return knob, lowest["ms_per_query"] * growth, True
+        for high, low in zip(ordered, ordered[1:]):
+            if low["selectivity"] <= selectivity <= high["selectivity"]:
+                t = (math.log(high["selectivity"]) - math.log(selectivity)) / (math.log(high["selectivity"]) - math.log(low["selectivity"]))
+                knob = math.exp((1 - t) * math.log(high[knob_name]) + t * math.log(low[knob_name]))
+                ms = math.exp((1 - t) * math.log(max(high["ms_per_query"], 1e-6)) + t * math.log(max(low["ms_per_query"], 1e-6)))
+                return knob, ms, False
+        return None
 
-    def _knobs(self, strategy: str, knob: float, allowed: AllowedSet, k: int) -> dict[str, Any]:
-        if strategy in ("hnsw", "hnswlib"):
-            return {"ef": int(min(math.ceil(knob), EF_LADDER[-1] * 4))}
-        if strategy == "ivf":
-            return {"coverage": int(math.ceil(knob))}
-        fetch = fetch_for(min(k, allowed.count), allowed.selectivity, knob)
-        return {"fetch": fetch}
+    def _floor(self, allowed: AllowedSet) -> float:
+        return max(allowed.selectivity, 1.0 / max(allowed.total, 1))
 
-    def plan(self, allowed: AllowedSet, queries: int, k: int, strategy: str = "auto") -> Plan:
-        """Return the plan for ``queries`` queries; ``strategy`` other than ``auto`` is obeyed (with its estimate)."""
+    def _graph(self, strategy: str, section: dict[str, Any], allowed: AllowedSet, local: np.ndarray, k: int) -> Estimate:
+        """Graph search, costed per query at its local selectivity; each query gets its own efSearch."""
+        levels, inverse = np.unique(np.maximum(local, 1.0 / max(allowed.total, 1)), return_inverse=True)
+        curves = [self._curve(section, float(level)) for level in levels]
+        missing = int(sum(np.count_nonzero(inverse == position) for position, curve in enumerate(curves) if curve is None))
+        if missing:
+            return Estimate(strategy, None, note=f"{missing} of {len(local)} queries have too few allowed rows nearby to reach recall {self._target()}")
+        efs = np.array([int(min(math.ceil(curve[0]), EF_LADDER[-1] * 4)) for curve in curves])[inverse]
+        seconds = sum(curves[position][1] for position in inverse) * 1e-3
+        extrapolated = " (extrapolated below the calibrated selectivities)" if any(curve[2] for curve in curves) else ""
+        knobs = {"ef": int(efs[0]) if len(set(efs.tolist())) == 1 else efs}
+        return Estimate(strategy, seconds, knobs, note=f"{describe_knobs(knobs)}{extrapolated}{_spread(local, allowed)}")
+
+    def _ivf(self, strategy: str, section: dict[str, Any], allowed: AllowedSet, local: np.ndarray, k: int) -> Estimate:
+        """IVF probes lists until they hold enough allowed rows, so it is costed at the global selectivity."""
+        curve = self._curve(section, self._floor(allowed))
+        if curve is None:
+            return Estimate(strategy, None, note=f"cannot reach recall {self._target()} at selectivity {_percent(allowed.selectivity)} (calibration)")
+        knobs = {"coverage": int(math.ceil(curve[0]))}
+        extrapolated = " (extrapolated below the calibrated selectivities)" if curve[2] else ""
+        return Estimate(strategy, curve[1] * 1e-3 * len(local), knobs, note=f"{describe_knobs(knobs)}{extrapolated}")
+
+    def _postfilter(self, strategy: str, section: dict[str, Any], allowed: AllowedSet, local: np.ndarray, k: int) -> Estimate:
+        """Over-fetch at the global selectivity; queries with too few allowed rows nearby come back short and are searched exactly."""
+        curve = self._curve(section, self._floor(allowed))
+        if curve is None:
+            return Estimate(strategy, None, note=f"cannot reach recall {self._target()} at selectivity {_percent(allowed.selectivity)} (calibration)")
+        kk = min(k, allowed.count)
+        fetch = fetch_for(kk, allowed.selectivity, curve[0])
+        short = int(np.count_nonzero(local * min(fetch, MAX_FETCH) < kk))
+        seconds = curve[1] * 1e-3 * len(local) + (self._exact(allowed, short).seconds if short else 0.0)
+        knobs = {"fetch": fetch}
+        shortfall = f"; about {short} short answers completed exactly" if short else ""
+        return Estimate(strategy, seconds, knobs, note=f"{describe_knobs(knobs)}{shortfall}")
+
+    def _target(self) -> float:
+        return self.model.get("target_recall", TARGET_RECALL)
+
+    def plan(self, allowed: AllowedSet, queries: np.ndarray | int, k: int, strategy: str = "auto") -> Plan:
+        """Return the plan for a batch of query vectors (or a query count); ``strategy`` other than ``auto`` is obeyed."""
         if strategy != "auto" and strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy '{strategy}'; expected auto or one of {', '.join(STRATEGIES)}")
-        estimates = [self.estimate(name, allowed, queries, k) for name in STRATEGIES]
+        local = self.local_selectivity(allowed, queries)
+        queries = len(local)
+        estimates = [self.estimate(name, allowed, local, k) for name in STRATEGIES]
         by_name = {e.strategy: e for e in estimates}
         source = self.source
         if allowed.count == 0:
@@ -447,13 +524,16 @@ class Planner:
 
     def search(self, queries: np.ndarray, allowed: AllowedSet, k: int, strategy: str = "auto"):
         """Plan, run, and return ``(hits, plan)``."""
-        plan = self.plan(allowed, len(queries), k, strategy)
+        plan = self.plan(allowed, queries, k, strategy)
         hits = self.searcher.search(queries, allowed, k, plan.strategy, **plan.knobs)
         plan.fallbacks = hits.fallbacks
         plan.seconds = hits.seconds
         if hits.knobs:
             plan.knobs = hits.knobs
         return hits, plan
+
+
+ESTIMATORS = {"hnsw": Planner._graph, "hnswlib": Planner._graph, "ivf": Planner._ivf, "postfilter": Planner._postfilter}
 
 
 def calibrate_dense_index(vectors: np.ndarray, index: Any, **options: Any) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from retk.embeddings import Encoder, load_encoder
 from retk.errors import RetkError
 from retk.evaluation import evaluate
 from retk.retrieval import Index, build_index
+from retk.retrieval.index import check_strategy
 from retk.retrieval.rerank import DEFAULT_RERANK_DEPTH, load_reranker, search_and_rerank
 
 
@@ -90,19 +91,18 @@ def search_command(
     explain: bool = typer.Option(False, "--explain", help="Print the filter's selectivity, the chosen strategy and why."),
 ) -> None:
     """Search an index and print the top-k documents."""
+    check_strategy(strategy)
     index = Index.open(index_path)
     if domain is not None:
         _route_by_domain(index.encoder, domain)
-    if filter_text is not None or strategy != "auto" or explain:
-        if rerank is not None:
-            raise typer.BadParameter("--filter, --strategy and --explain cannot be combined with --rerank yet", param_hint="--rerank")
+    reranker = load_reranker(rerank) if rerank is not None else None
+    if reranker is None:
         result = index.search(query, k=k, filter=filter_text, strategy=strategy)
-        if explain:
-            console.print(result.explanation, markup=False, highlight=False)
-    elif rerank is None:
-        result = index.search(query, k=k)
     else:
-        result = search_and_rerank(index, [query], load_reranker(rerank), k=k, depth=rerank_depth)[0]
+        result = search_and_rerank(index, [query], reranker, k=k, depth=rerank_depth, filter=filter_text, strategy=strategy)[0]
+    if explain:
+        explanation = result.explanation or f"no filter and no strategy: plain search over all {len(index):,} documents"
+        console.print(explanation, markup=False, highlight=False)
     if as_json:
         hits = [
             {"rank": h.rank, "doc_id": h.doc_id, "score": h.score, "title": h.title, "text": h.text, "attributes": h.attributes}

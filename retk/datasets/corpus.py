@@ -160,7 +160,7 @@ class CorpusReader:
         if not isinstance(title, str):
             raise InputError(f"expected a string, found {type(title).__name__}", path=self.path, line=line, field=self.title_field)
         attributes = self._attributes(record, {id_key, self.title_field, self.text_field}, line)
-        return Document(id=doc_id, text=text, title=title, attributes=attributes)
+        return Document(id=doc_id, text=text, title=title, attributes=attributes, line=line)
 
     def _attributes(self, record: Record, used: set[str], line: int) -> dict[str, Any]:
         attributes = {key: value for key, value in record.items() if key not in used and key != "metadata"}

@@ -14,6 +14,8 @@ class Document:
     text: str
     title: str = ""
     attributes: dict[str, Any] = field(default_factory=dict)
+    # Where the record came from (line, or row for Parquet), for error messages only.
+    line: int | None = field(default=None, compare=False, repr=False)
 
     @property
     def content(self) -> str:

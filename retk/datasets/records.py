@@ -40,21 +40,35 @@ def read_jsonl_records(reader: HashingLineReader) -> RecordIterator:
 
 
 def _read_delimited_records(reader: HashingLineReader, delimiter: str) -> RecordIterator:
-    lines = (text for _, text in reader)
-    rows = csv.reader(lines, delimiter=delimiter)
-    header = next(rows, None)
+    # The reader strips line ends; csv needs them back to keep a newline inside a quoted field.
+    lines = (text + "\n" for _, text in reader)
+    # strict: a quote left open runs to the end of the file, which must be an error, not one long field.
+    rows = csv.reader(lines, delimiter=delimiter, strict=True)
+    header = _next_row(rows, reader, 1)
     if header is None:
         return
     width = len(header)
-    for row in rows:
-        number = rows.line_num
+    while True:
+        start = rows.line_num + 1
+        row = _next_row(rows, reader, start)
+        if row is None:
+            return
         if not row:
             continue
         if len(row) != width:
-            raise InputError(
-                f"expected {width} columns as in the header, found {len(row)}", path=reader.path, line=number
-            )
-        yield number, dict(zip(header, row))
+            span = f" (the row runs from line {start} to {rows.line_num}: is a quote left open?)" if rows.line_num > start else ""
+            raise InputError(f"expected {width} columns as in the header, found {len(row)}{span}", path=reader.path, line=start)
+        yield start, dict(zip(header, row))
+
+
+def _next_row(rows: Any, reader: HashingLineReader, start: int) -> list[str] | None:
+    """The next parsed row, None at the end, or an :class:`InputError` naming the line where the row began."""
+    try:
+        return next(rows)
+    except StopIteration:
+        return None
+    except csv.Error as error:
+        raise InputError(f"malformed row ({error}); a quoted field that opens here is not closed properly", path=reader.path, line=start) from None
 
 
 def read_csv_records(reader: HashingLineReader) -> RecordIterator:

@@ -20,10 +20,11 @@ from retk.ann import (
     use_blas_for_all_batches,
     write_faiss_index,
 )
+from retk.ann.regions import REGIONS_NAME, Regions
 from retk.datasets import Document
 from retk.embeddings import DenseEncoder
 from retk.errors import IndexFormatError, RetkError
-from retk.retrieval.index import Index
+from retk.retrieval.index import Index, check_strategy
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ class DenseIndexBuilder:
         calibration = calibrate_filtered_search(vectors, index)
         if calibration is not None:
             section["index"]["filter_calibration"] = calibration
+            Regions.fit(vectors).save(self.folder / REGIONS_NAME)
+            section["files"].append(REGIONS_NAME)
         return section
 
 
@@ -141,15 +144,15 @@ class DenseIndex(Index):
             from retk.ann.filtered import FilteredSearcher
             from retk.ann.planner import Planner
 
-            searcher = FilteredSearcher(self.embeddings(), self.faiss_index, ids=self.documents.ids)
+            regions = Regions.load(self.path / REGIONS_NAME) if (self.path / REGIONS_NAME).is_file() else None
+            searcher = FilteredSearcher(self.embeddings(), self.faiss_index, ids=self.documents.ids, regions=regions)
             self._planner = Planner(searcher, self.manifest["index"].get("filter_calibration"))
         return self._planner
 
     def _filtered_ranked_rows(self, queries: Sequence[str], k: int, allowed: Any, strategy: str):
-        from retk.ann.filtered import STRATEGIES, build_hnswlib, hnswlib_available
+        from retk.ann.filtered import build_hnswlib, hnswlib_available
 
-        if strategy != "auto" and strategy not in STRATEGIES:
-            raise RetkError(f"unknown strategy '{strategy}'; expected auto or one of {', '.join(STRATEGIES)}")
+        check_strategy(strategy)
         planner = self.planner
         if strategy == "hnswlib" and planner.searcher.hnswlib_index is None:
             if not hnswlib_available():

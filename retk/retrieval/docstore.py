@@ -56,8 +56,33 @@ def documents_to_table(documents: Sequence[Document], source: Path | None = None
         try:
             columns[name] = pa.array(values)
         except (pa.ArrowTypeError, pa.ArrowInvalid) as error:
-            raise InputError(f"attribute values of mixed types ({error})", path=source, field=name) from None
+            raise _mixed_types_error(documents, name, error, source) from None
     return pa.table(columns)
+
+
+def _mixed_types_error(documents: Sequence[Document], name: str, error: Exception, source: Path | None) -> InputError:
+    """Name the first document whose ``name`` value has another kind than the first value's."""
+    kinds = [(d, _kind(d.attributes.get(name))) for d in documents if d.attributes.get(name) is not None]
+    first_document, first_kind = kinds[0]
+    for document, kind in kinds[1:]:
+        if kind != first_kind:
+            return InputError(
+                f"document '{document.id}' has a {kind} value, but document '{first_document.id}' has a {first_kind}; "
+                "one attribute holds one type",
+                path=source,
+                line=document.line,
+                field=name,
+            )
+    return InputError(f"attribute values of mixed types ({error})", path=source, field=name)
+
+
+def _kind(value: Any) -> str:
+    """The type family pyarrow unifies within: integers and floats are both numbers."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return type(value).__name__
 
 
 def merge_document_parts(

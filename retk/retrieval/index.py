@@ -18,6 +18,14 @@ from retk.retrieval.ranking import Hit, SearchResult, ranked_rows
 ALLOWED_CACHE_SIZE = 8
 
 
+def check_strategy(strategy: str) -> None:
+    """Raise :class:`RetkError` unless ``strategy`` is ``auto`` or a filtered-search strategy."""
+    from retk.ann.filtered import STRATEGIES
+
+    if strategy != "auto" and strategy not in STRATEGIES:
+        raise RetkError(f"unknown strategy '{strategy}'; expected auto or one of {', '.join(STRATEGIES)}")
+
+
 class Index(ABC):
     """A built index folder: manifest, document store and the retriever's own files.
 

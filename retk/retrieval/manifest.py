@@ -21,6 +21,8 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     """Read and check an index manifest, raising :class:`IndexFormatError` on any defect."""
     folder = Path(folder)
     path = folder / MANIFEST_NAME
+    if folder.is_file():
+        raise IndexFormatError(f"{folder} is a file; an index is the folder that 'retk index' writes")
     if not folder.is_dir():
         raise IndexFormatError(f"index folder {folder} not found")
     if not path.is_file():

@@ -197,7 +197,7 @@ def rerank_results(
         by_id = {hit.doc_id: hit for hit in result.hits}
         hits = [replace(by_id[doc_id], score=score, rank=rank) for rank, (doc_id, score) in enumerate(ranked, start=1)]
         limit = result.k if k is None else k
-        output.append(SearchResult(query=result.query, hits=hits[:limit], k=limit))
+        output.append(replace(result, hits=hits[:limit], k=limit))
     return output
 
 
@@ -209,9 +209,14 @@ def search_and_rerank(
     k: int = 10,
     depth: int = DEFAULT_RERANK_DEPTH,
     progress: PairProgress | None = None,
+    filter: Any = None,
+    strategy: str = "auto",
 ) -> list[SearchResult]:
-    """Retrieve ``max(k, depth)`` hits per query, rerank the first ``depth`` and return the top ``k``."""
-    first_stage = index.search_batch(list(queries), k=max(k, depth))
+    """Retrieve ``max(k, depth)`` hits per query, rerank the first ``depth`` and return the top ``k``.
+
+    ``filter`` and ``strategy`` restrict the first stage as in :meth:`Index.search_batch`.
+    """
+    first_stage = index.search_batch(list(queries), k=max(k, depth), filter=filter, strategy=strategy)
     return rerank_results(first_stage, reranker, depth=depth, k=k, progress=progress)
 
 
