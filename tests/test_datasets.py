@@ -128,7 +128,7 @@ def test_csv_wrong_column_count(tmp_path):
     assert error.value.line == 3
 
 
-def test_csv_unclosed_quote_names_the_line_it_opens_on(tmp_path):
+def test_csv_unclosed_quote_line(tmp_path):
     path = tmp_path / "c.csv"
     path.write_text('id,title,text\n1,a,first\n2,"b,second\n3,c,third\n', encoding="utf-8")
     with pytest.raises(InputError, match="not closed properly") as error:
@@ -136,7 +136,7 @@ def test_csv_unclosed_quote_names_the_line_it_opens_on(tmp_path):
     assert error.value.line == 3
 
 
-def test_csv_quoted_newline_is_one_record_numbered_by_its_first_line(tmp_path):
+def test_csv_quoted_newline_kept(tmp_path):
     path = tmp_path / "c.csv"
     path.write_text('id,text\n1,"two\nlines"\n2,b\n', encoding="utf-8")
     documents, _ = read_all(path)

@@ -177,7 +177,7 @@ def test_planner_calibration_and_explain(collection):
     assert planner.plan(tiny, len(queries), K).strategy == "exact"
 
 
-def test_local_selectivity_sees_a_filter_correlated_with_the_vectors(collection):
+def test_local_selectivity_sees_correlated_filter(collection):
     """A filter on the vectors' own cluster leaves far queries no allowed rows nearby; a random one leaves all the same share."""
     vectors, queries, table, searcher = collection
     clusters = table.column("cluster").to_numpy()
@@ -190,7 +190,7 @@ def test_local_selectivity_sees_a_filter_correlated_with_the_vectors(collection)
     assert abs(np.median(spread) - random_mask.mean()) < 0.5 * random_mask.mean()
 
 
-def test_per_query_ef_equals_searching_each_group_alone(collection):
+def test_per_query_ef_matches_groups(collection):
     vectors, queries, table, searcher = collection
     allowed = AllowedSet(Filter.parse("price < 0.3").evaluate(table))
     efs = np.where(np.arange(len(queries)) % 2 == 0, 16, 200)
@@ -203,7 +203,7 @@ def test_per_query_ef_equals_searching_each_group_alone(collection):
             np.testing.assert_array_equal(together.rows[position], rows)
 
 
-def test_planner_rules_out_graph_search_for_queries_far_from_every_allowed_row(collection):
+def test_planner_avoids_hnsw_far_queries(collection):
     """With a cost model where HNSW cannot reach the target below 2% local selectivity, far queries rule it out."""
     vectors, queries, table, searcher = collection
     model = {
@@ -218,7 +218,8 @@ def test_planner_rules_out_graph_search_for_queries_far_from_every_allowed_row(c
     allowed = AllowedSet(clusters == 4)
     far = vectors[clusters != 4][:16]
     estimate = {e.strategy: e for e in planner.plan(allowed, far, K).estimates}["hnsw"]
-    assert estimate.seconds is None and "too few allowed rows nearby" in estimate.note
+    assert estimate.seconds is None
+    assert "too few allowed rows nearby" in estimate.note
     near = vectors[clusters == 4][:16]
     assert {e.strategy: e for e in planner.plan(allowed, near, K).estimates}["hnsw"].seconds is not None
 

@@ -148,7 +148,7 @@ def test_mixed_attribute_types_widen_across_batches(tmp_path):
     assert index.documents.table.column("score").to_pylist() == [1.0, 2.5, None]
 
 
-def test_clashing_attribute_types_name_the_line(tmp_path):
+def test_attribute_type_clash_line(tmp_path):
     from retk.errors import InputError
 
     path = tmp_path / "c.jsonl"
@@ -156,5 +156,6 @@ def test_clashing_attribute_types_name_the_line(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     with pytest.raises(InputError, match="document 'c' has a str value, but document 'a' has a number") as error:
         build_index(path, tmp_path / "idx", "bm25")
-    assert (error.value.line, error.value.field) == (3, "year")
+    assert error.value.line == 3
+    assert error.value.field == "year"
     assert not (tmp_path / "idx").exists()

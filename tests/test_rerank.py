@@ -109,7 +109,8 @@ def test_filtered_search_and_rerank(tiny_setup):
     texts = {hit.doc_id: f"{hit.title} {hit.text}".strip() for hit in first_stage.hits}
     expected = expected_head(reranker, "topic 3 word8", [(hit.doc_id, hit.score) for hit in first_stage.hits], texts)
     assert [hit.doc_id for hit in result.hits] == [doc_id for doc_id, _ in expected[:4]]
-    assert result.filter == "parity = 'even'" and result.matched == 15
+    assert result.filter == "parity = 'even'"
+    assert result.matched == 15
 
 
 def test_progress_counts_pairs(tiny_setup):
@@ -148,7 +149,8 @@ def test_cli_search_and_eval_rerank(tiny_setup, tmp_path: Path):
     )
     assert filtered.exit_code == 0, filtered.output
     answer = json.loads(filtered.stdout)
-    assert answer["matched"] == 15 and all(hit["attributes"]["parity"] == "odd" for hit in answer["hits"])
+    assert answer["matched"] == 15
+    assert all(hit["attributes"]["parity"] == "odd" for hit in answer["hits"])
     assert "selectivity 50.0%" in answer["explain"]
     evaluated = runner.invoke(
         app,

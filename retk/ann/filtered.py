@@ -485,7 +485,7 @@ class FilteredSearcher:
 
 
 def _knob_values(value: int | np.ndarray | None, default: int, count: int, kk: int) -> np.ndarray:
-    """One knob per query: ``value`` (a scalar or one per query) or ``default``, at least ``kk``."""
+    """Return one knob per query: ``value`` (a scalar or one per query) or ``default``, at least ``kk``."""
     values = np.broadcast_to(np.asarray(default if value is None else value, dtype=np.int64), (count,))
     return np.maximum(values, kk)
 

@@ -386,7 +386,7 @@ class Planner:
         return ESTIMATORS[strategy](self, strategy, section, allowed, local, k)
 
     def local_selectivity(self, allowed: AllowedSet, queries: np.ndarray | int) -> np.ndarray:
-        """Each query's share of allowed rows nearby (:mod:`retk.ann.regions`); the global share without vectors."""
+        """Return each query's share of allowed rows nearby (:mod:`retk.ann.regions`); the global share without vectors."""
         count = queries if isinstance(queries, int) else len(queries)
         neighbourhood_matters = any((self.model.get(name) or {}).get("points") for name in LOCAL_STRATEGIES)
         if isinstance(queries, int) or allowed.count in (0, allowed.total) or not neighbourhood_matters:
@@ -404,7 +404,7 @@ class Planner:
         return Estimate("exact", seconds, note=f"{how} + BLAS; exact")
 
     def _curve(self, section: dict[str, Any], selectivity: float) -> tuple[float, float, bool] | None:
-        """The calibrated ``(knob, ms per query, extrapolated)`` at ``selectivity``; None where the target is out of reach."""
+        """Return the calibrated ``(knob, ms per query, extrapolated)`` at ``selectivity``; None where the target is out of reach."""
         points = section.get("points", [])
         knob_name = section["knob"]
         unreached = section.get("unreached", [])

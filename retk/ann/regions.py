@@ -1,6 +1,6 @@
 """Coarse regions of an embedding matrix, to see how a filter's allowed rows lie around each query.
 
-A filter's global selectivity says how many rows it keeps, not where they are.
+A filter's global selectivity counts the rows it keeps; it does not place them.
 Graph search and over-fetching only see a query's neighbourhood, so their cost
 follows the share of allowed rows near the query (its *local selectivity*).
 For a filter independent of the vectors the two agree; for a filter
@@ -73,7 +73,7 @@ class Regions:
             np.savez(target, centroids=self.centroids, of_row=self.of_row)
 
     def local_selectivity(self, queries: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """Each query's allowed share of the rows in its nearest regions (see the module docstring)."""
+        """Return each query's allowed share of the rows in its nearest regions (see the module docstring)."""
         total = len(mask)
         count = int(mask.sum())
         if count in (0, total):
@@ -87,7 +87,7 @@ class Regions:
 
 
 def _nearest(vectors: np.ndarray, centroids: np.ndarray, count: int) -> np.ndarray:
-    """The ``count`` centroids of largest inner product with each vector."""
+    """Return the ``count`` centroids of largest inner product with each vector."""
     scores = vectors @ centroids.T
     if count >= centroids.shape[0]:
         return np.argsort(-scores, axis=1)

@@ -62,7 +62,7 @@ def _read_delimited_records(reader: HashingLineReader, delimiter: str) -> Record
 
 
 def _next_row(rows: Any, reader: HashingLineReader, start: int) -> list[str] | None:
-    """The next parsed row, None at the end, or an :class:`InputError` naming the line where the row began."""
+    """Return the next parsed row, or None at the end; a parse error becomes an :class:`InputError` at the row's first line."""
     try:
         return next(rows)
     except StopIteration:

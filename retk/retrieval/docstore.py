@@ -77,7 +77,7 @@ def _mixed_types_error(documents: Sequence[Document], name: str, error: Exceptio
 
 
 def _kind(value: Any) -> str:
-    """The type family pyarrow unifies within: integers and floats are both numbers."""
+    """Return the type family pyarrow unifies within: integers and floats are both numbers."""
     if isinstance(value, bool):
         return "boolean"
     if isinstance(value, (int, float)):
