@@ -13,7 +13,7 @@ Zipf-sized clusters (ANN over isotropic Gaussian noise is meaningless), and
 For each selectivity in ``--selectivities`` and each filter kind, the filter
 text goes through the real filter language to a bitmap, the exact filtered
 top-10 is the ground truth, and each strategy's knob (efSearch, nprobe,
-over-fetch) is raised along the planner's ladder until recall@10 >= 0.95; the
+over-fetch) is bisected on the planner's ladder for the smallest value whose recall@10 >= 0.95; the
 QPS at that knob is the strategy's figure. The planner runs with the knobs it
 chooses itself (cost model calibrated on the same index) and no oracle. All
 queries of a filter are searched as one batch. Times are single-threaded,
@@ -134,26 +134,43 @@ def ladder_for(strategy: str, nlist: int):
     return [("fetch_factor", v) for v in FETCH_FACTORS]
 
 
-def run_strategy(searcher, queries, allowed, truth, strategy, nlist, exact_seconds, budget):
-    """Raise the knob until recall >= TARGET; stop when a run is ``budget`` times slower than exact."""
-    tried = []
+def run_strategy(searcher, queries, allowed, truth, strategy, nlist, exact_seconds, budget, max_run_seconds):
+    """Find the smallest knob on the ladder whose recall reaches TARGET, by bisection (recall grows with the knob).
+
+    A run slower than ``budget`` times exact search (and than ``max_run_seconds``)
+    ends the search upwards: larger knobs are only slower.
+    """
+    ladder = []
     for name, value in ladder_for(strategy, nlist):
         knobs = {"fetch": fetch_for(min(K, allowed.count), allowed.selectivity, value)} if name == "fetch_factor" else {name: value}
-        if knobs.get("fetch", 0) > MAX_FETCH:
-            # The searcher caps the fetch, so larger factors would rerun the same search.
-            break
+        # The searcher caps the fetch, so larger factors would rerun the same search.
+        if knobs.get("fetch", 0) <= MAX_FETCH:
+            ladder.append((name, value, knobs))
+    if not ladder:
+        return {"knob": {}, "recall": 0.0, "seconds": None, "qps": None, "unreached": True, "tried": 0, "why": f"fetch above {MAX_FETCH}"}
+    limit = min(budget * exact_seconds, max_run_seconds) if max_run_seconds else budget * exact_seconds
+    tried, found = [], None
+    low, high = 0, len(ladder) - 1
+    while low <= high:
+        middle = (low + high) // 2
+        name, value, knobs = ladder[middle]
         hits = searcher.search(queries, allowed, K, strategy, **knobs)
         r = recall(hits.rows, truth)
         tried.append({"knob": {name: value}, "recall": round(r, 4), "seconds": hits.seconds, "fallbacks": hits.fallbacks})
         if r >= TARGET:
-            seconds = min([hits.seconds] + [searcher.search(queries, allowed, K, strategy, **knobs).seconds for _ in range(REPEATS - 1)])
-            return {"knob": knobs, "recall": r, "seconds": seconds, "qps": len(queries) / seconds, "fallbacks": hits.fallbacks, "tried": len(tried)}
-        if hits.seconds > budget * exact_seconds:
+            found = (middle, hits, r)
+            high = middle - 1
+        elif hits.seconds > limit:
             break
-    if not tried:
-        return {"knob": {}, "recall": 0.0, "seconds": None, "qps": None, "unreached": True, "tried": 0, "why": f"fetch above {MAX_FETCH}"}
-    best = max(tried, key=lambda t: t["recall"])
-    return {"knob": best["knob"], "recall": best["recall"], "seconds": None, "qps": None, "unreached": True, "tried": len(tried)}
+        else:
+            low = middle + 1
+    if found is None:
+        best = max(tried, key=lambda t: t["recall"])
+        return {"knob": best["knob"], "recall": best["recall"], "seconds": None, "qps": None, "unreached": True, "tried": len(tried)}
+    position, hits, r = found
+    knobs = ladder[position][2]
+    seconds = min([hits.seconds] + [searcher.search(queries, allowed, K, strategy, **knobs).seconds for _ in range(REPEATS - 1)])
+    return {"knob": knobs, "recall": r, "seconds": seconds, "qps": len(queries) / seconds, "fallbacks": hits.fallbacks, "tried": len(tried)}
 
 
 def serialized_bytes(index) -> int:
@@ -174,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kinds", default=",".join(KINDS))
     parser.add_argument("--threads", default="1,2", help="thread counts; knobs are searched with the first")
     parser.add_argument("--budget", type=float, default=20.0, help="stop raising a knob once a run is this many times slower than exact")
+    parser.add_argument("--max-run-seconds", type=float, default=10.0, help="... or once a run takes this long (0: no limit)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -252,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
                 truth = exact.rows
                 entry["results"]["exact"] = {"qps": len(queries) / exact.seconds, "seconds": exact.seconds, "recall": 1.0, "knob": {}}
                 for strategy in strategies:
-                    entry["results"][strategy] = run_strategy(searcher, queries, allowed, truth, strategy, nlist, exact.seconds, args.budget)
+                    entry["results"][strategy] = run_strategy(searcher, queries, allowed, truth, strategy, nlist, exact.seconds, args.budget, args.max_run_seconds)
                 hits, plan = min((planner.search(queries, allowed, K) for _ in range(REPEATS)), key=lambda pair: pair[0].seconds)
                 entry["results"]["planner"] = {"qps": len(queries) / hits.seconds, "seconds": hits.seconds,
                                                "recall": recall(hits.rows, truth), "chosen": plan.strategy, "knob": describe_knobs(plan.knobs),

@@ -110,6 +110,7 @@ def main() -> None:
     parser.add_argument("--train-batch-size", type=int, default=8)
     parser.add_argument("--train-max-length", type=int, default=64, help="Tokens per text while training.")
     parser.add_argument("--train-layers", type=int, default=None, help="LoRA on the last N layers only (default: all).")
+    parser.add_argument("--train-pooling", default="last", choices=("last", "mean"), help="Pooling of the LoRA-tuned encoder.")
     parser.add_argument("--hard-negatives", type=int, default=0)
     parser.add_argument("--learning-rate", type=float, default=2e-4)
     parser.add_argument("--temperature", type=float, default=0.02)
@@ -171,6 +172,7 @@ def main() -> None:
             bm25 = build_index(dataset.root, args.work / "scifact-bm25", "bm25", overwrite=True)
             examples = mine_hard_negatives(examples, bm25, count=args.hard_negatives)
         config = LLMTrainingConfig(
+            pooling=args.train_pooling,
             instruction=instruction,
             max_length=args.train_max_length,
             batch_size=args.train_batch_size,
