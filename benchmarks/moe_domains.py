@@ -34,8 +34,10 @@ import argparse
 import json
 import logging
 import random
+import re
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +72,10 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--dbpedia-held-out", type=int, default=500)
     parser.add_argument("--dbpedia-distractors", type=int, default=0, help="other entities' abstracts in the evaluation corpus (0: all)")
     parser.add_argument("--dbpedia-pairs", type=int, default=0, help="DBpedia title pairs used (0: all non-held-out)")
+    parser.add_argument(
+        "--dbpedia-mask-title", action="store_true",
+        help="blank the title's words out of each abstract (evaluation and training), so that a title must be matched by what the abstract says",
+    )
     parser.add_argument("--throughput-documents", type=int, default=256)
     parser.add_argument("--throughput-rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
@@ -85,6 +91,14 @@ def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
     with path.open("w", encoding="utf-8") as handle:
         for record in records:
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def mask_title(text: str, title: str) -> str:
+    """Replace every word of ``title`` (three letters or more, any case) in ``text`` with ``___``."""
+    words = sorted({word for word in re.findall(r"\w+", title) if len(word) >= 3}, key=len, reverse=True)
+    if not words:
+        return text
+    return re.sub(r"\b(" + "|".join(re.escape(word) for word in words) + r")\b", "___", text, flags=re.IGNORECASE)
 
 
 def scifact_evaluation(root: Path, workspace: Path, args: argparse.Namespace) -> tuple[Path, set[str]]:
@@ -128,7 +142,8 @@ def dbpedia_split(root: Path, workspace: Path, args: argparse.Namespace) -> tupl
     rest = [documents[i] for i in order[args.dbpedia_held_out:]]
     distractors = first(rest, args.dbpedia_distractors)
     folder = workspace / "eval-dbpedia"
-    write_jsonl(folder / "corpus.jsonl", [{"_id": d.id, "title": "", "text": d.text} for d in held + distractors])
+    text = (lambda d: mask_title(d.text, d.title)) if args.dbpedia_mask_title else (lambda d: d.text)
+    write_jsonl(folder / "corpus.jsonl", [{"_id": d.id, "title": "", "text": text(d)} for d in held + distractors])
     write_jsonl(folder / "queries.jsonl", [{"_id": f"q{n}", "text": d.title} for n, d in enumerate(held)])
     (folder / "qrels").mkdir(exist_ok=True)
     lines = ["query-id\tcorpus-id\tscore"] + [f"q{n}\t{d.id}\t1" for n, d in enumerate(held)]
@@ -145,6 +160,8 @@ def training_data(root: Path, args: argparse.Namespace, scifact_pool: set[str], 
     generator.shuffle(titles)
     dbpedia = pairs_from_titles(CorpusReader(root / "dbpedia-entity-5k" / "corpus.jsonl"), domain=ENC, exclude_ids=dbpedia_held)
     generator.shuffle(dbpedia)
+    if args.dbpedia_mask_title:
+        dbpedia = [replace(example, positive=mask_title(example.positive, example.anchor)) for example in dbpedia]
     return {
         BIO: first(qrels_pairs, args.scifact_qrels_pairs) + first(titles, args.scifact_title_pairs),
         ENC: first(dbpedia, args.dbpedia_pairs),

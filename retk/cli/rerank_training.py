@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from retk.cli import options
 from retk.cli.app import console
 from retk.cli.train import train_app
 from retk.embeddings.sentence_transformer import DEFAULT_MODEL
@@ -15,21 +16,21 @@ from retk.embeddings.sentence_transformer import DEFAULT_MODEL
 
 @train_app.command("cross-encoder")
 def train_cross_encoder_command(
-    dataset: Path = typer.Option(..., help="BEIR dataset folder with qrels/<split>.tsv."),
+    dataset: options.Dataset = ...,
     out: Path = typer.Option(..., "--out", "-o", help="Cross-encoder folder to create."),
     model: str = typer.Option(DEFAULT_MODEL, help="Starting weights: 'minilm' (bundled), a BERT-family folder, or a cross-encoder folder."),
-    split: str = typer.Option("train", help="Qrels split to train on."),
+    split: options.TrainSplit = "train",
     loss: str = typer.Option("bce", help="'bce' (pointwise, calibrated logits) or 'listwise' (softmax over each query's group)."),
-    negatives: int = typer.Option(4, help="BM25-mined hard negatives per query."),
-    mining_depth: int = typer.Option(30, help="BM25 hits searched for hard negatives."),
-    negatives_index: Optional[Path] = typer.Option(None, help="Index to mine negatives from (default: a temporary BM25 index of the corpus)."),
-    epochs: int = typer.Option(1, help="Passes over the training pairs."),
+    negatives: options.Negatives = 4,
+    mining_depth: options.MiningDepth = 30,
+    negatives_index: options.NegativesIndex = None,
+    epochs: options.Epochs = 1,
     batch_size: int = typer.Option(8, help="Queries per step; each brings 1 + negatives pairs."),
     learning_rate: float = typer.Option(5e-5, help="AdamW peak learning rate."),
     max_length: int = typer.Option(256, help="Tokens per (query, document) pair."),
-    max_examples: Optional[int] = typer.Option(None, help="Train on a seeded random sample of this many qrels pairs."),
+    max_examples: options.MaxExamples = None,
     seed: int = typer.Option(0, help="Seed for sampling, shuffling and the new head's initialisation."),
-    overwrite: bool = typer.Option(False, help="Replace an existing output folder once the new one is complete."),
+    overwrite: options.Overwrite = False,
 ) -> None:
     """Train a cross-encoder reranker on qrels with BM25-mined hard negatives."""
     from retk.training.cross_encoder import CrossEncoderSettings, train_cross_encoder
@@ -55,7 +56,7 @@ def train_cross_encoder_command(
 
 @train_app.command("dse")
 def train_dse_command(
-    dataset: Path = typer.Option(..., help="BEIR dataset folder with qrels/<split>.tsv."),
+    dataset: options.Dataset = ...,
     out: Path = typer.Option(..., "--out", "-o", help="Student bi-encoder folder to create (usable by 'retk index --encoder')."),
     teacher: Optional[Path] = typer.Option(None, help="Cross-encoder folder whose logits the student learns; required unless --c 0."),
     student: str = typer.Option(DEFAULT_MODEL, help="Starting bi-encoder: 'minilm' (bundled) or a sentence-transformers folder."),
@@ -63,19 +64,19 @@ def train_dse_command(
     distillation: str = typer.Option("mse", help="'mse' (score vs calibrated logit) or 'margin-mse' (score margins)."),
     calibration: str = typer.Option("student", help="'student' (map logits to the untrained student's score mean and std) or 'none'."),
     scale: float = typer.Option(20.0, help="Student score = scale * cosine (inverse softmax temperature)."),
-    split: str = typer.Option("train", help="Qrels split to train on."),
-    negatives: int = typer.Option(4, help="BM25-mined hard negatives per query."),
-    mining_depth: int = typer.Option(30, help="BM25 hits searched for hard negatives."),
-    negatives_index: Optional[Path] = typer.Option(None, help="Index to mine negatives from (default: a temporary BM25 index of the corpus)."),
-    epochs: int = typer.Option(1, help="Passes over the training pairs."),
+    split: options.TrainSplit = "train",
+    negatives: options.Negatives = 4,
+    mining_depth: options.MiningDepth = 30,
+    negatives_index: options.NegativesIndex = None,
+    epochs: options.Epochs = 1,
     batch_size: int = typer.Option(16, help="Queries per step; every document of the step is an in-batch negative."),
     learning_rate: float = typer.Option(2e-5, help="AdamW peak learning rate."),
     max_seq_length: int = typer.Option(256, help="Student tokens per text."),
     teacher_max_length: int = typer.Option(256, help="Teacher tokens per (query, document) pair."),
-    max_examples: Optional[int] = typer.Option(None, help="Train on a seeded random sample of this many qrels pairs."),
+    max_examples: options.MaxExamples = None,
     cache_dir: Optional[Path] = typer.Option(None, help="Teacher score cache (default: $RETK_CACHE_DIR/dse-teacher-scores)."),
     seed: int = typer.Option(0, help="Seed for sampling and shuffling."),
-    overwrite: bool = typer.Option(False, help="Replace an existing output folder once the new one is complete."),
+    overwrite: options.Overwrite = False,
 ) -> None:
     """Train a bi-encoder student with Distilled Sentence Embedding from a cross-encoder teacher."""
     from retk.training.dse import DSESettings, train_dse

@@ -19,6 +19,7 @@ from typing import Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from retk.cli import options
 from retk.cli.app import console
 from retk.cli.train import train_app
 from retk.datasets import BeirDataset, CorpusReader, is_beir_folder
@@ -59,9 +60,6 @@ class LoadedData:
     held_out: list[TrainingExample]
 
 
-QRELS_HELP = "BEIR folder whose train-split qrels give (query, relevant document) pairs, as [DOMAIN=]PATH. Repeatable."
-TITLES_HELP = "BEIR folder or corpus file whose (title, text) pairs are training examples, as [DOMAIN=]PATH. Repeatable."
-PAIRS_HELP = "JSONL or Parquet file with anchor, positive, optional negatives and domain, as [DOMAIN=]PATH. Repeatable."
 
 
 def load_sources(
@@ -151,30 +149,30 @@ def report(history: TrainingHistory, output: Path) -> None:
 def contrastive_command(
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the fine-tuned model (a sentence-transformers folder)."),
     model: str = typer.Option("minilm", help="Base model: 'minilm' or a local sentence-transformers folder."),
-    qrels: list[str] = typer.Option([], "--qrels", help=QRELS_HELP),
-    titles: list[str] = typer.Option([], "--titles", help=TITLES_HELP),
-    pairs: list[str] = typer.Option([], "--pairs", help=PAIRS_HELP),
-    train_split: str = typer.Option("train", help="Qrels split to train on."),
-    eval_split: Optional[str] = typer.Option(None, help="Qrels split held out for evaluation during training, e.g. test."),
-    hold_out_fraction: float = typer.Option(0.0, "--hold-out", help="Fraction of title and pairs anchors held out for evaluation and never trained on."),
-    mine_negatives: int = typer.Option(0, help="Hard negatives to mine per example from --negatives-index (0: in-batch negatives only)."),
+    qrels: options.Qrels = [],
+    titles: options.Titles = [],
+    pairs: options.Pairs = [],
+    train_split: options.TrainSplit = "train",
+    eval_split: options.EvalSplit = None,
+    hold_out_fraction: options.HoldOut = 0.0,
+    mine_negatives: options.MineNegatives = 0,
     negatives_index: list[str] = typer.Option([], help="Index of the training corpus to mine negatives from, as [DOMAIN=]PATH. Repeatable."),
-    mining_depth: int = typer.Option(30, help="Hits searched per anchor when mining negatives."),
-    epochs: int = typer.Option(1, help="Passes over the training examples."),
+    mining_depth: options.MiningDepth = 30,
+    epochs: options.Epochs = 1,
     batch_size: int = typer.Option(32, help="Examples per batch; the other examples' positives are each anchor's in-batch negatives."),
-    learning_rate: float = typer.Option(2e-5, "--lr", help="Peak AdamW learning rate, reached after warm-up and decayed linearly to 0."),
-    warmup_ratio: float = typer.Option(0.1, help="Fraction of the steps spent warming up the learning rate."),
-    max_seq_length: Optional[int] = typer.Option(None, help="Tokens per text (default: the model's own limit)."),
-    scale: float = typer.Option(20.0, help="Inverse temperature of the loss (20 = temperature 0.05)."),
-    cached: bool = typer.Option(False, help="Use CachedMultipleNegativesRankingLoss: large batches in bounded memory."),
-    mini_batch_size: int = typer.Option(16, help="Texts embedded at once by the cached loss."),
+    learning_rate: options.LearningRate = 2e-5,
+    warmup_ratio: options.WarmupRatio = 0.1,
+    max_seq_length: options.MaxSeqLength = None,
+    scale: options.Scale = 20.0,
+    cached: options.Cached = False,
+    mini_batch_size: options.MiniBatchSize = 16,
     group_by_domain: bool = typer.Option(False, help="Fill each batch from a single domain."),
-    eval_steps: int = typer.Option(0, help="Evaluate on the held-out pairs every N steps (0: after each epoch)."),
-    checkpoint_steps: int = typer.Option(0, help="Save a checkpoint every N steps under OUT/checkpoints (0: none)."),
-    max_steps: Optional[int] = typer.Option(None, help="Stop after this many steps."),
-    seed: int = typer.Option(0, help="Seed of batch order, hold-out split and initialisation."),
-    device: Optional[str] = typer.Option(None, help="Torch device (default: cuda when available, else cpu)."),
-    overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
+    eval_steps: options.EvalSteps = 0,
+    checkpoint_steps: options.CheckpointSteps = 0,
+    max_steps: options.MaxSteps = None,
+    seed: options.Seed = 0,
+    device: options.Device = None,
+    overwrite: options.Overwrite = False,
 ) -> None:
     """Fine-tune a sentence-transformers model with MultipleNegativesRankingLoss on duplicate-free batches."""
     from retk.training.contrastive import train_contrastive
@@ -201,32 +199,32 @@ def contrastive_command(
 def moe_command(
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the MoE model (loadable with --encoder OUT)."),
     model: str = typer.Option("minilm", help="Base BERT-family model: 'minilm' or a local sentence-transformers folder."),
-    qrels: list[str] = typer.Option([], "--qrels", help=QRELS_HELP),
-    titles: list[str] = typer.Option([], "--titles", help=TITLES_HELP),
-    pairs: list[str] = typer.Option([], "--pairs", help=PAIRS_HELP),
+    qrels: options.Qrels = [],
+    titles: options.Titles = [],
+    pairs: options.Pairs = [],
     domains: Optional[str] = typer.Option(None, help="Comma-separated domains in expert order (default: the sources' domains, sorted)."),
     expert_layers: str = typer.Option("all", help="Layers given experts: 'all', a count k (the last k layers) or indices like 0,5."),
     router_texts: int = typer.Option(2000, help="Texts per domain used to train the router."),
-    train_split: str = typer.Option("train", help="Qrels split to train on."),
-    eval_split: Optional[str] = typer.Option(None, help="Qrels split held out for evaluation during training, e.g. test."),
-    hold_out_fraction: float = typer.Option(0.0, "--hold-out", help="Fraction of title and pairs anchors held out for evaluation and never trained on."),
-    mine_negatives: int = typer.Option(0, help="Hard negatives to mine per example from --negatives-index (0: in-batch negatives only)."),
+    train_split: options.TrainSplit = "train",
+    eval_split: options.EvalSplit = None,
+    hold_out_fraction: options.HoldOut = 0.0,
+    mine_negatives: options.MineNegatives = 0,
     negatives_index: list[str] = typer.Option([], help="Index of a domain's corpus to mine negatives from, as [DOMAIN=]PATH. Repeatable."),
-    mining_depth: int = typer.Option(30, help="Hits searched per anchor when mining negatives."),
-    epochs: int = typer.Option(1, help="Passes over the training examples."),
+    mining_depth: options.MiningDepth = 30,
+    epochs: options.Epochs = 1,
     batch_size: int = typer.Option(32, help="Examples per single-domain batch."),
-    learning_rate: float = typer.Option(2e-5, "--lr", help="Peak AdamW learning rate, reached after warm-up and decayed linearly to 0."),
-    warmup_ratio: float = typer.Option(0.1, help="Fraction of the steps spent warming up the learning rate."),
-    max_seq_length: Optional[int] = typer.Option(None, help="Tokens per text (default: the model's own limit)."),
-    scale: float = typer.Option(20.0, help="Inverse temperature of the loss (20 = temperature 0.05)."),
-    cached: bool = typer.Option(False, help="Use CachedMultipleNegativesRankingLoss: large batches in bounded memory."),
-    mini_batch_size: int = typer.Option(16, help="Texts embedded at once by the cached loss."),
-    eval_steps: int = typer.Option(0, help="Evaluate on the held-out pairs every N steps (0: after each epoch)."),
-    checkpoint_steps: int = typer.Option(0, help="Save a checkpoint every N steps under OUT/checkpoints (0: none)."),
-    max_steps: Optional[int] = typer.Option(None, help="Stop after this many steps."),
-    seed: int = typer.Option(0, help="Seed of batch order, hold-out split and initialisation."),
-    device: Optional[str] = typer.Option(None, help="Torch device (default: cuda when available, else cpu)."),
-    overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
+    learning_rate: options.LearningRate = 2e-5,
+    warmup_ratio: options.WarmupRatio = 0.1,
+    max_seq_length: options.MaxSeqLength = None,
+    scale: options.Scale = 20.0,
+    cached: options.Cached = False,
+    mini_batch_size: options.MiniBatchSize = 16,
+    eval_steps: options.EvalSteps = 0,
+    checkpoint_steps: options.CheckpointSteps = 0,
+    max_steps: options.MaxSteps = None,
+    seed: options.Seed = 0,
+    device: options.Device = None,
+    overwrite: options.Overwrite = False,
 ) -> None:
     """Convert a BERT-family model into one feed-forward expert per domain and train it with enforced routing."""
     from retk.training.moe import RouterSettings, train_moe
