@@ -58,14 +58,15 @@ from typing import Any
 import numpy as np
 
 from retk.ann.filtered import MAX_FETCH, STRATEGIES, AllowedSet, FilteredSearcher, scans_whole_matrix
+from retk.ann.regions import Regions
 
 logger = logging.getLogger(__name__)
 
 CALIBRATION_VERSION = 2
 CALIBRATION_SELECTIVITIES = (1.0, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002)
 CALIBRATION_MIN_ROWS = 50
-CALIBRATION_QUERIES = 128
-TARGET_RECALL = 0.96
+CALIBRATION_QUERIES = 256
+TARGET_RECALL = 0.95
 EXACT_PREFERENCE = 1.05
 # A knob whose run takes this many times longer than exact search is not worth raising further: calibration
 # stops there and marks the selectivity unreached, which also bounds the calibration's time.
@@ -77,8 +78,10 @@ FETCH_FACTORS = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0, 8.0)
 # IVF's knob is the number of allowed rows each query's probed lists must hold (see FilteredSearcher._ivf_coverage).
 COVERAGE_LADDER = (20, 30, 40, 60, 80, 120, 160, 240, 320, 480, 640, 960, 1280, 1920, 2560, 3840, 5120, 7680, 10240, 15360, 20480, 40960)
 KNOB_OF = {"hnsw": "ef", "hnswlib": "ef", "ivf": "coverage", "postfilter": "fetch_factor"}
-# Strategies that see only a query's neighbourhood, so their cost follows its local selectivity.
-LOCAL_STRATEGIES = ("hnsw", "hnswlib", "postfilter")
+# IVF is ruled out when more than IVF_FAR_QUERIES of a batch's queries have a local selectivity under
+# IVF_FAR_SHARE of the global one (a filter correlated with the vectors).
+IVF_FAR_SHARE = 0.1
+IVF_FAR_QUERIES = 0.01
 
 # Used when an index has no calibration: exact costs of a typical 2-core CPU, no ANN points.
 DEFAULT_MODEL: dict[str, Any] = {
@@ -258,7 +261,7 @@ def fetch_for(k: int, selectivity: float, factor: float) -> int:
     return int(math.ceil(k / max(selectivity, 1e-9) * factor))
 
 
-def _recall(found: list[np.ndarray], truth: np.ndarray) -> float:
+def _recall(found: list[np.ndarray], truth: list[np.ndarray]) -> float:
     scores = []
     for rows, expected in zip(found, truth):
         if len(expected) == 0:
@@ -283,6 +286,16 @@ class Estimate:
     seconds: float | None
     knobs: dict[str, Any] = field(default_factory=dict)
     note: str = ""
+
+
+@dataclass
+class Batch:
+    """What the planner knows of a query batch: each query's local selectivity."""
+
+    local: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.local)
 
 
 @dataclass
@@ -323,6 +336,36 @@ class Plan:
             fallback = f", {self.fallbacks} quer{'y' if self.fallbacks == 1 else 'ies'} completed by exact search" if self.fallbacks else ""
             lines.append(f"ran in {self.seconds * 1e3:.3f} ms{fallback}")
         return "\n".join(lines)
+
+
+def _curve_at(points: list[dict[str, Any]], unreached: list[float], knob_name: str, selectivity: float) -> tuple[float, float, bool] | None:
+    """Interpolate calibration ``points`` at ``selectivity`` (see the module docstring); None where out of reach."""
+    if (unreached and selectivity <= max(unreached) * 1.0001) or not points:
+        return None
+    ordered = sorted(points, key=lambda p: -p["selectivity"])
+    if selectivity >= ordered[0]["selectivity"]:
+        return ordered[0][knob_name], ordered[0]["ms_per_query"], False
+    lowest = ordered[-1]
+    if selectivity <= lowest["selectivity"]:
+        if unreached:
+            return None
+        growth = lowest["selectivity"] / selectivity
+        knob = lowest[knob_name] if knob_name == "fetch_factor" else lowest[knob_name] * growth
+        return knob, lowest["ms_per_query"] * growth, True
+    for high, low in zip(ordered, ordered[1:]):
+        if low["selectivity"] <= selectivity <= high["selectivity"]:
+            t = (math.log(high["selectivity"]) - math.log(selectivity)) / (math.log(high["selectivity"]) - math.log(low["selectivity"]))
+            knob = math.exp((1 - t) * math.log(high[knob_name]) + t * math.log(low[knob_name]))
+            ms = math.exp((1 - t) * math.log(max(high["ms_per_query"], 1e-6)) + t * math.log(max(low["ms_per_query"], 1e-6)))
+            return knob, ms, False
+    return None
+
+
+def _exact_clearly_cheapest(estimates: list[Estimate]) -> bool:
+    """Say whether exact search costs under half of every other estimate, a margin that local selectivity seldom overturns."""
+    costs = {e.strategy: e.seconds for e in estimates if e.seconds is not None}
+    others = [seconds for strategy, seconds in costs.items() if strategy != "exact"]
+    return "exact" in costs and all(costs["exact"] * 2 <= seconds for seconds in others)
 
 
 def describe_knobs(knobs: dict[str, Any]) -> str:
@@ -376,25 +419,21 @@ class Planner:
             return f"calibrated on this index ({self.model.get('seconds', 0):.1f} s, {self.model.get('queries')} queries)"
         return "default (no calibration in the manifest: only exact is chosen automatically)"
 
-    def estimate(self, strategy: str, allowed: AllowedSet, local: np.ndarray, k: int) -> Estimate:
-        """Estimate one strategy for queries whose local selectivities are ``local`` (one per query)."""
+    def estimate(self, strategy: str, allowed: AllowedSet, batch: Batch, k: int) -> Estimate:
+        """Estimate one strategy for a batch of queries (see :class:`Batch`)."""
         reason = self.searcher.availability()[strategy]
         if reason is not None:
             return Estimate(strategy, None, note=f"unavailable: {reason}")
         if strategy == "exact":
-            return self._exact(allowed, len(local))
+            return self._exact(allowed, len(batch))
         section = self.model.get(strategy)
         if not section:
             return Estimate(strategy, None, note="not calibrated for this index")
-        return ESTIMATORS[strategy](self, strategy, section, allowed, local, k)
+        return ESTIMATORS[strategy](self, strategy, section, allowed, batch, k)
 
-    def local_selectivity(self, allowed: AllowedSet, queries: np.ndarray | int) -> np.ndarray:
-        """Return each query's share of allowed rows nearby (:mod:`retk.ann.regions`); the global share without vectors."""
-        count = queries if isinstance(queries, int) else len(queries)
-        neighbourhood_matters = any((self.model.get(name) or {}).get("points") for name in LOCAL_STRATEGIES)
-        if isinstance(queries, int) or allowed.count in (0, allowed.total) or not neighbourhood_matters:
-            return np.full(count, allowed.selectivity)
-        return self.searcher.regions.local_selectivity(queries, allowed.mask)
+    def describe_batch(self, allowed: AllowedSet, queries: np.ndarray) -> Batch:
+        """Read each query's local selectivity from the regions around it (:mod:`retk.ann.regions`)."""
+        return Batch(self.searcher.regions.local_selectivity(queries, allowed.mask))
 
     def _exact(self, allowed: AllowedSet, queries: int) -> Estimate:
         costs = self.model["exact"]
@@ -407,35 +446,15 @@ class Planner:
         return Estimate("exact", seconds, note=f"{how} + BLAS; exact")
 
     def _curve(self, section: dict[str, Any], selectivity: float) -> tuple[float, float, bool] | None:
-        """Return the calibrated ``(knob, ms per query, extrapolated)`` at ``selectivity``; None where the target is out of reach."""
-        points = section.get("points", [])
-        knob_name = section["knob"]
-        unreached = section.get("unreached", [])
-        if (unreached and selectivity <= max(unreached) * 1.0001) or not points:
-            return None
-        ordered = sorted(points, key=lambda p: -p["selectivity"])
-        if selectivity >= ordered[0]["selectivity"]:
-            return ordered[0][knob_name], ordered[0]["ms_per_query"], False
-        lowest = ordered[-1]
-        if selectivity <= lowest["selectivity"]:
-            if unreached:
-                return None
-            growth = lowest["selectivity"] / selectivity
-            knob = lowest[knob_name] if knob_name == "fetch_factor" else lowest[knob_name] * growth
-            return knob, lowest["ms_per_query"] * growth, True
-        for high, low in zip(ordered, ordered[1:]):
-            if low["selectivity"] <= selectivity <= high["selectivity"]:
-                t = (math.log(high["selectivity"]) - math.log(selectivity)) / (math.log(high["selectivity"]) - math.log(low["selectivity"]))
-                knob = math.exp((1 - t) * math.log(high[knob_name]) + t * math.log(low[knob_name]))
-                ms = math.exp((1 - t) * math.log(max(high["ms_per_query"], 1e-6)) + t * math.log(max(low["ms_per_query"], 1e-6)))
-                return knob, ms, False
-        return None
+        """Return the calibrated ``(knob, ms per query, extrapolated)`` at ``selectivity``; None where out of reach."""
+        return _curve_at(section.get("points", []), section.get("unreached", []), section["knob"], selectivity)
 
     def _floor(self, allowed: AllowedSet) -> float:
         return max(allowed.selectivity, 1.0 / max(allowed.total, 1))
 
-    def _graph(self, strategy: str, section: dict[str, Any], allowed: AllowedSet, local: np.ndarray, k: int) -> Estimate:
+    def _graph(self, strategy: str, section: dict[str, Any], allowed: AllowedSet, batch: Batch, k: int) -> Estimate:
         """Graph search, costed per query at its local selectivity; each query gets its own efSearch."""
+        local = batch.local
         levels, inverse = np.unique(np.maximum(local, 1.0 / max(allowed.total, 1)), return_inverse=True)
         curves = [self._curve(section, float(level)) for level in levels]
         missing = int(sum(np.count_nonzero(inverse == position) for position, curve in enumerate(curves) if curve is None))
@@ -447,17 +466,25 @@ class Planner:
         knobs = {"ef": int(efs[0]) if len(set(efs.tolist())) == 1 else efs}
         return Estimate(strategy, seconds, knobs, note=f"{describe_knobs(knobs)}{extrapolated}{_spread(local, allowed)}")
 
-    def _ivf(self, strategy: str, section: dict[str, Any], allowed: AllowedSet, local: np.ndarray, k: int) -> Estimate:
-        """IVF probes lists until they hold enough allowed rows, so it is costed at the global selectivity."""
+    def _ivf(self, strategy: str, section: dict[str, Any], allowed: AllowedSet, batch: Batch, k: int) -> Estimate:
+        """IVF probes lists until they hold enough allowed rows, so it is costed at the global selectivity.
+
+        Queries with almost no allowed rows nearby find their neighbours spread
+        over lists that the coverage rule does not reach, so they rule IVF out.
+        """
+        far = int(np.count_nonzero(batch.local < IVF_FAR_SHARE * allowed.selectivity))
+        if far > IVF_FAR_QUERIES * len(batch):
+            return Estimate(strategy, None, note=f"{far} of {len(batch)} queries have almost no allowed rows nearby")
         curve = self._curve(section, self._floor(allowed))
         if curve is None:
             return Estimate(strategy, None, note=f"cannot reach recall {self._target()} at selectivity {_percent(allowed.selectivity)} (calibration)")
         knobs = {"coverage": int(math.ceil(curve[0]))}
         extrapolated = " (extrapolated below the calibrated selectivities)" if curve[2] else ""
-        return Estimate(strategy, curve[1] * 1e-3 * len(local), knobs, note=f"{describe_knobs(knobs)}{extrapolated}")
+        return Estimate(strategy, curve[1] * 1e-3 * len(batch), knobs, note=f"{describe_knobs(knobs)}{extrapolated}")
 
-    def _postfilter(self, strategy: str, section: dict[str, Any], allowed: AllowedSet, local: np.ndarray, k: int) -> Estimate:
+    def _postfilter(self, strategy: str, section: dict[str, Any], allowed: AllowedSet, batch: Batch, k: int) -> Estimate:
         """Over-fetch at the global selectivity; queries with too few allowed rows nearby come back short and are searched exactly."""
+        local = batch.local
         curve = self._curve(section, self._floor(allowed))
         if curve is None:
             return Estimate(strategy, None, note=f"cannot reach recall {self._target()} at selectivity {_percent(allowed.selectivity)} (calibration)")
@@ -476,9 +503,14 @@ class Planner:
         """Return the plan for a batch of query vectors (or a query count); ``strategy`` other than ``auto`` is obeyed."""
         if strategy != "auto" and strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy '{strategy}'; expected auto or one of {', '.join(STRATEGIES)}")
-        local = self.local_selectivity(allowed, queries)
-        queries = len(local)
-        estimates = [self.estimate(name, allowed, local, k) for name in STRATEGIES]
+        count = queries if isinstance(queries, int) else len(queries)
+        # First pass: every query at the global selectivity.
+        estimates = [self.estimate(name, allowed, Batch(np.full(count, allowed.selectivity)), k) for name in STRATEGIES]
+        if not isinstance(queries, int) and 0 < allowed.count and not _exact_clearly_cheapest(estimates):
+            # Reading each query's neighbourhood costs a product with every region centroid: only worth it when it can change the choice.
+            batch = self.describe_batch(allowed, queries)
+            estimates = [self.estimate(name, allowed, batch, k) for name in STRATEGIES]
+        queries = count
         by_name = {e.strategy: e for e in estimates}
         source = self.source
         if allowed.count == 0:
@@ -539,9 +571,9 @@ class Planner:
 ESTIMATORS = {"hnsw": Planner._graph, "hnswlib": Planner._graph, "ivf": Planner._ivf, "postfilter": Planner._postfilter}
 
 
-def calibrate_dense_index(vectors: np.ndarray, index: Any, **options: Any) -> dict[str, Any]:
+def calibrate_dense_index(vectors: np.ndarray, index: Any, regions: Regions | None = None, **options: Any) -> dict[str, Any]:
     """Calibrate the strategies a dense index supports (exact, post-filter, and HNSW or IVF per its kind)."""
-    searcher = FilteredSearcher(vectors, index)
+    searcher = FilteredSearcher(vectors, index, regions=regions)
     return calibrate(searcher, **options)
 
 

@@ -71,27 +71,27 @@ class DenseIndexBuilder:
         index = build_faiss_index(vectors, spec)
         write_faiss_index(index, self.folder / FAISS_NAME)
         section = dense_manifest_section(dimension, self.encoder.similarity, spec, self.encode_seconds, time.perf_counter() - started)
-        calibration = calibrate_filtered_search(vectors, index)
-        if calibration is not None:
-            section["index"]["filter_calibration"] = calibration
-            Regions.fit(vectors).save(self.folder / REGIONS_NAME)
-            section["files"].append(REGIONS_NAME)
+        if os.environ.get(CALIBRATION_VARIABLE, "1") != "0":
+            regions = Regions.fit(vectors)
+            calibration = calibrate_filtered_search(vectors, index, regions)
+            if calibration is not None:
+                section["index"]["filter_calibration"] = calibration
+                regions.save(self.folder / REGIONS_NAME)
+                section["files"].append(REGIONS_NAME)
         return section
 
 
-def calibrate_filtered_search(vectors: np.ndarray, index: Any) -> dict[str, Any] | None:
+def calibrate_filtered_search(vectors: np.ndarray, index: Any, regions: Regions) -> dict[str, Any] | None:
     """Measure the filtered-search cost model (:mod:`retk.ann.planner`) of a new index; never fails a build.
 
     Done once at build time because the finished index folder is immutable
     (the planner's docstring argues it); it takes seconds next to the encoding.
     """
-    if os.environ.get(CALIBRATION_VARIABLE, "1") == "0":
-        return None
     from retk.ann.planner import calibrate_dense_index
 
     try:
         apply_search_parameters(index, SearchParameters())
-        return calibrate_dense_index(vectors, index)
+        return calibrate_dense_index(vectors, index, regions)
     except (RuntimeError, ValueError, MemoryError, OSError) as error:
         logger.warning("filtered-search calibration failed (%s); the planner will choose exact search", error)
         return None
