@@ -52,7 +52,7 @@ from retk.embeddings import encoder_from_config
 from retk.errors import InputError, RetkError
 from retk.retrieval.atomic import atomic_directory
 from retk.retrieval.build import ProgressCallback, assemble_manifest, open_corpus
-from retk.retrieval.dense import EMBEDDINGS_NAME, FAISS_NAME, calibrate_filtered_search, dense_manifest_section
+from retk.retrieval.dense import EMBEDDINGS_NAME, FAISS_NAME, add_filter_calibration, dense_manifest_section
 from retk.retrieval.docstore import DOCSTORE_NAME, merge_document_parts
 from retk.retrieval.index import Index
 from retk.retrieval.lexical import LexicalIndexBuilder
@@ -374,9 +374,7 @@ def _assemble_dense(
     write_faiss_index(index, folder / FAISS_NAME)
     section = dense_manifest_section(dimension, description["similarity"], spec, encode_seconds, time.perf_counter() - started)
     merged = np.memmap(folder / EMBEDDINGS_NAME, dtype=np.float32, mode="r", shape=(count, dimension))
-    calibration = calibrate_filtered_search(merged, index)
-    if calibration is not None:
-        section["index"]["filter_calibration"] = calibration
+    add_filter_calibration(section, merged, index, folder)
     return section
 
 

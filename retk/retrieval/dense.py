@@ -71,14 +71,23 @@ class DenseIndexBuilder:
         index = build_faiss_index(vectors, spec)
         write_faiss_index(index, self.folder / FAISS_NAME)
         section = dense_manifest_section(dimension, self.encoder.similarity, spec, self.encode_seconds, time.perf_counter() - started)
-        if os.environ.get(CALIBRATION_VARIABLE, "1") != "0":
-            regions = Regions.fit(vectors)
-            calibration = calibrate_filtered_search(vectors, index, regions)
-            if calibration is not None:
-                section["index"]["filter_calibration"] = calibration
-                regions.save(self.folder / REGIONS_NAME)
-                section["files"].append(REGIONS_NAME)
+        add_filter_calibration(section, vectors, index, self.folder)
         return section
+
+
+def add_filter_calibration(section: dict[str, Any], vectors: np.ndarray, index: Any, folder: Path) -> None:
+    """Calibrate filtered search and write the k-means regions into ``folder``, recording both in ``section``.
+
+    Skipped when ``RETK_FILTER_CALIBRATION=0``; the planner then only chooses exact search.
+    """
+    if os.environ.get(CALIBRATION_VARIABLE, "1") == "0":
+        return
+    regions = Regions.fit(vectors)
+    calibration = calibrate_filtered_search(vectors, index, regions)
+    if calibration is not None:
+        section["index"]["filter_calibration"] = calibration
+        regions.save(folder / REGIONS_NAME)
+        section["files"].append(REGIONS_NAME)
 
 
 def calibrate_filtered_search(vectors: np.ndarray, index: Any, regions: Regions) -> dict[str, Any] | None:
