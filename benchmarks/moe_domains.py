@@ -74,7 +74,7 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--dbpedia-pairs", type=int, default=0, help="DBpedia title pairs used (0: all non-held-out)")
     parser.add_argument(
         "--dbpedia-mask-title", action="store_true",
-        help="blank the title's words out of each abstract (evaluation and training), so that a title must be matched by what the abstract says",
+        help="replace the title's words in each abstract with ___ (evaluation and training), so that a title must be matched by the abstract's content",
     )
     parser.add_argument("--throughput-documents", type=int, default=256)
     parser.add_argument("--throughput-rounds", type=int, default=3)

@@ -217,11 +217,11 @@ def test_planner_avoids_hnsw_far_queries(collection):
     clusters = table.column("cluster").to_numpy()
     allowed = AllowedSet(clusters == 4)
     far = vectors[clusters != 4][:16]
-    estimate = planner.estimate("hnsw", allowed, planner.describe_batch(allowed, far), K)
+    estimate = planner.estimate("hnsw", allowed, planner.local_selectivity(allowed, far), K)
     assert estimate.seconds is None
     assert "too few allowed rows nearby" in estimate.note
     near = vectors[clusters == 4][:16]
-    assert planner.estimate("hnsw", allowed, planner.describe_batch(allowed, near), K).seconds is not None
+    assert planner.estimate("hnsw", allowed, planner.local_selectivity(allowed, near), K).seconds is not None
 
 
 def test_gpu_indexes_never_get_a_selector(collection, monkeypatch):

@@ -12,7 +12,7 @@ by :func:`calibrate`:
   down to 0.2% in 1-2-5 steps (those that leave at least 50 rows), on a filter
   of uniformly random rows, the smallest knob on a ladder whose recall@k
   against exact search reaches ``target_recall``, and the time per query at
-  that knob, counting the exact fallback for short answers. IVF must also
+  that knob, counting the exact fallback for queries that come back short. IVF must also
   reach the target on a filter correlated with the vectors (the rows nearest
   one random document). Climbing stops once a run
   takes ``CALIBRATION_BUDGET`` times as long as exact search on the same
@@ -22,7 +22,7 @@ A random filter leaves every query the same share of allowed rows nearby. A
 real filter need not: one correlated with the vectors leaves some queries
 with almost none (:mod:`retk.ann.regions`). So graph search and post-filtering,
 which only see a query's neighbourhood, are costed per query at that query's
-local selectivity, and each query gets its own ``efSearch``; IVF, whose
+local selectivity, and each query gets its own ``efSearch``. IVF, whose
 ``coverage`` knob already follows the allowed rows list by list, is costed at
 the global selectivity. Queries whose neighbourhood lies below every
 selectivity graph search reached in calibration rule it out for the batch.
@@ -157,7 +157,7 @@ def _calibration_queries(vectors: np.ndarray, count: int, rng: np.random.Generat
 
 
 def _calibration_masks(vectors: np.ndarray, selectivity: float, rng: np.random.Generator, correlated: bool) -> list[AllowedSet]:
-    """A filter of random rows, then (when ``correlated``) the rows nearest one random document."""
+    """Return a filter of random rows, then (when ``correlated``) the rows nearest one random document."""
     total = len(vectors)
     count = max(1, int(round(selectivity * total)))
     if count >= total:
@@ -234,7 +234,7 @@ def _calibrate_strategy(searcher, strategy, sample, k, levels, masks, truths, ex
                 "recall": round(recall_seen, 4),
             }
         )
-    # A sparser filter never makes a strategy cheaper: smooth out timing noise that says otherwise.
+    # A sparser filter does not make a strategy cheaper, so a lower time at a lower selectivity is timing noise.
     for previous, point in zip(points, points[1:]):
         point["ms_per_query"] = max(point["ms_per_query"], previous["ms_per_query"])
     return {"knob": KNOB_OF[strategy], "points": points, "unreached": unreached}
@@ -289,16 +289,6 @@ class Estimate:
 
 
 @dataclass
-class Batch:
-    """What the planner knows of a query batch: each query's local selectivity."""
-
-    local: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.local)
-
-
-@dataclass
 class Plan:
     """The strategy chosen for one filtered search, and why."""
 
@@ -338,8 +328,13 @@ class Plan:
         return "\n".join(lines)
 
 
+def _selectivity_floor(allowed: AllowedSet) -> float:
+    """Return the filter's selectivity, at least one row's share, so that logarithms stay finite."""
+    return max(allowed.selectivity, 1.0 / max(allowed.total, 1))
+
+
 def _curve_at(points: list[dict[str, Any]], unreached: list[float], knob_name: str, selectivity: float) -> tuple[float, float, bool] | None:
-    """Interpolate calibration ``points`` at ``selectivity`` (see the module docstring); None where out of reach."""
+    """Interpolate calibration ``points`` at ``selectivity`` (see the module docstring), or return None where out of reach."""
     if (unreached and selectivity <= max(unreached) * 1.0001) or not points:
         return None
     ordered = sorted(points, key=lambda p: -p["selectivity"])
@@ -369,7 +364,7 @@ def _exact_clearly_cheapest(estimates: list[Estimate]) -> bool:
 
 
 def describe_knobs(knobs: dict[str, Any]) -> str:
-    """``name=value`` pairs; a per-query knob shows its range and median."""
+    """Format knobs as ``name=value`` pairs, a per-query knob as its range and median."""
     parts = []
     for name, value in knobs.items():
         if isinstance(value, np.ndarray):
@@ -419,21 +414,21 @@ class Planner:
             return f"calibrated on this index ({self.model.get('seconds', 0):.1f} s, {self.model.get('queries')} queries)"
         return "default (no calibration in the manifest: only exact is chosen automatically)"
 
-    def estimate(self, strategy: str, allowed: AllowedSet, batch: Batch, k: int) -> Estimate:
-        """Estimate one strategy for a batch of queries (see :class:`Batch`)."""
+    def estimate(self, strategy: str, allowed: AllowedSet, local: np.ndarray, k: int) -> Estimate:
+        """Estimate one strategy for a batch of queries whose local selectivities are ``local``."""
         reason = self.searcher.availability()[strategy]
         if reason is not None:
             return Estimate(strategy, None, note=f"unavailable: {reason}")
         if strategy == "exact":
-            return self._exact(allowed, len(batch))
+            return self._exact(allowed, len(local))
         section = self.model.get(strategy)
         if not section:
             return Estimate(strategy, None, note="not calibrated for this index")
-        return ESTIMATORS[strategy](self, strategy, section, allowed, batch, k)
+        return ESTIMATORS[strategy](self, strategy, section, allowed, local, k)
 
-    def describe_batch(self, allowed: AllowedSet, queries: np.ndarray) -> Batch:
-        """Read each query's local selectivity from the regions around it (:mod:`retk.ann.regions`)."""
-        return Batch(self.searcher.regions.local_selectivity(queries, allowed.mask))
+    def local_selectivity(self, allowed: AllowedSet, queries: np.ndarray) -> np.ndarray:
+        """Return each query's share of allowed rows in the regions around it (:mod:`retk.ann.regions`)."""
+        return self.searcher.regions.local_selectivity(queries, allowed.mask)
 
     def _exact(self, allowed: AllowedSet, queries: int) -> Estimate:
         costs = self.model["exact"]
@@ -446,15 +441,11 @@ class Planner:
         return Estimate("exact", seconds, note=f"{how} + BLAS; exact")
 
     def _curve(self, section: dict[str, Any], selectivity: float) -> tuple[float, float, bool] | None:
-        """Return the calibrated ``(knob, ms per query, extrapolated)`` at ``selectivity``; None where out of reach."""
+        """Return the calibrated ``(knob, ms per query, extrapolated)`` at ``selectivity``, or None where out of reach."""
         return _curve_at(section.get("points", []), section.get("unreached", []), section["knob"], selectivity)
 
-    def _floor(self, allowed: AllowedSet) -> float:
-        return max(allowed.selectivity, 1.0 / max(allowed.total, 1))
-
-    def _graph(self, strategy: str, section: dict[str, Any], allowed: AllowedSet, batch: Batch, k: int) -> Estimate:
-        """Graph search, costed per query at its local selectivity; each query gets its own efSearch."""
-        local = batch.local
+    def _graph(self, strategy: str, section: dict[str, Any], allowed: AllowedSet, local: np.ndarray, k: int) -> Estimate:
+        """Estimate graph search per query at its local selectivity, so each query gets its own efSearch."""
         levels, inverse = np.unique(np.maximum(local, 1.0 / max(allowed.total, 1)), return_inverse=True)
         curves = [self._curve(section, float(level)) for level in levels]
         missing = int(sum(np.count_nonzero(inverse == position) for position, curve in enumerate(curves) if curve is None))
@@ -466,26 +457,25 @@ class Planner:
         knobs = {"ef": int(efs[0]) if len(set(efs.tolist())) == 1 else efs}
         return Estimate(strategy, seconds, knobs, note=f"{describe_knobs(knobs)}{extrapolated}{_spread(local, allowed)}")
 
-    def _ivf(self, strategy: str, section: dict[str, Any], allowed: AllowedSet, batch: Batch, k: int) -> Estimate:
-        """IVF probes lists until they hold enough allowed rows, so it is costed at the global selectivity.
+    def _ivf(self, strategy: str, section: dict[str, Any], allowed: AllowedSet, local: np.ndarray, k: int) -> Estimate:
+        """Estimate IVF at the global selectivity, because it probes lists until they contain enough allowed rows.
 
         Queries with almost no allowed rows nearby find their neighbours spread
         over lists that the coverage rule does not reach, so they rule IVF out.
         """
-        far = int(np.count_nonzero(batch.local < IVF_FAR_SHARE * allowed.selectivity))
-        if far > IVF_FAR_QUERIES * len(batch):
-            return Estimate(strategy, None, note=f"{far} of {len(batch)} queries have almost no allowed rows nearby")
-        curve = self._curve(section, self._floor(allowed))
+        far = int(np.count_nonzero(local < IVF_FAR_SHARE * allowed.selectivity))
+        if far > IVF_FAR_QUERIES * len(local):
+            return Estimate(strategy, None, note=f"{far} of {len(local)} queries have almost no allowed rows nearby")
+        curve = self._curve(section, _selectivity_floor(allowed))
         if curve is None:
             return Estimate(strategy, None, note=f"cannot reach recall {self._target()} at selectivity {_percent(allowed.selectivity)} (calibration)")
         knobs = {"coverage": int(math.ceil(curve[0]))}
         extrapolated = " (extrapolated below the calibrated selectivities)" if curve[2] else ""
-        return Estimate(strategy, curve[1] * 1e-3 * len(batch), knobs, note=f"{describe_knobs(knobs)}{extrapolated}")
+        return Estimate(strategy, curve[1] * 1e-3 * len(local), knobs, note=f"{describe_knobs(knobs)}{extrapolated}")
 
-    def _postfilter(self, strategy: str, section: dict[str, Any], allowed: AllowedSet, batch: Batch, k: int) -> Estimate:
-        """Over-fetch at the global selectivity; queries with too few allowed rows nearby come back short and are searched exactly."""
-        local = batch.local
-        curve = self._curve(section, self._floor(allowed))
+    def _postfilter(self, strategy: str, section: dict[str, Any], allowed: AllowedSet, local: np.ndarray, k: int) -> Estimate:
+        """Estimate over-fetching at the global selectivity, plus exact search for the queries with too few allowed rows nearby."""
+        curve = self._curve(section, _selectivity_floor(allowed))
         if curve is None:
             return Estimate(strategy, None, note=f"cannot reach recall {self._target()} at selectivity {_percent(allowed.selectivity)} (calibration)")
         kk = min(k, allowed.count)
@@ -500,16 +490,16 @@ class Planner:
         return self.model.get("target_recall", TARGET_RECALL)
 
     def plan(self, allowed: AllowedSet, queries: np.ndarray | int, k: int, strategy: str = "auto") -> Plan:
-        """Return the plan for a batch of query vectors (or a query count); ``strategy`` other than ``auto`` is obeyed."""
+        """Return the plan for a batch of query vectors (or a query count), obeying any ``strategy`` other than ``auto``."""
         if strategy != "auto" and strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy '{strategy}'; expected auto or one of {', '.join(STRATEGIES)}")
         count = queries if isinstance(queries, int) else len(queries)
         # First pass: every query at the global selectivity.
-        estimates = [self.estimate(name, allowed, Batch(np.full(count, allowed.selectivity)), k) for name in STRATEGIES]
+        estimates = [self.estimate(name, allowed, np.full(count, allowed.selectivity), k) for name in STRATEGIES]
         if not isinstance(queries, int) and 0 < allowed.count and not _exact_clearly_cheapest(estimates):
-            # Reading each query's neighbourhood costs a product with every region centroid: only worth it when it can change the choice.
-            batch = self.describe_batch(allowed, queries)
-            estimates = [self.estimate(name, allowed, batch, k) for name in STRATEGIES]
+            # Reading each query's neighbourhood costs a product with every region centroid, so it is done only when it can change the choice.
+            local = self.local_selectivity(allowed, queries)
+            estimates = [self.estimate(name, allowed, local, k) for name in STRATEGIES]
         queries = count
         by_name = {e.strategy: e for e in estimates}
         source = self.source

@@ -1,12 +1,12 @@
 """Coarse regions of an embedding matrix, to see how a filter's allowed rows lie around each query.
 
-A filter's global selectivity counts the rows it keeps; it does not place them.
+A filter's global selectivity counts the rows it keeps, not where they are.
 Graph search and over-fetching only see a query's neighbourhood, so their cost
 follows the share of allowed rows near the query (its *local selectivity*).
-For a filter independent of the vectors the two agree; for a filter
-correlated with them (a tenant whose documents sit in a few topics) a query
-far from every allowed row has a local selectivity near zero, and graph
-search has to walk far to find any.
+For a filter independent of the vectors the two agree. For a filter
+correlated with them, such as a tenant whose documents cover a few topics, a
+query far from every allowed row has a local selectivity near zero, and graph
+search has to walk far to find any allowed row.
 
 :class:`Regions` partitions the rows with k-means (about ``sqrt(N)``
 centroids). The local selectivity of a query is the allowed share of the rows
