@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from retk.ann import filtered as filtered_module
 from retk.ann.filter_language import Filter
 from retk.ann.filtered import STRATEGIES, AllowedSet, FilteredSearcher, build_hnswlib, hnswlib_available
+from retk.ann import planner as planner_module
 from retk.ann.planner import Planner, calibrate
 from retk.errors import RetkError
 from retk.retrieval import build_index
@@ -175,6 +177,29 @@ def test_planner_calibration_and_explain(collection):
         assert f"strategy: {plan.strategy}" in text_out and "why: " in text_out
     tiny = AllowedSet(Filter.parse("tags contains 'rare'").evaluate(table))
     assert planner.plan(tiny, len(queries), K).strategy == "exact"
+
+
+def test_calibration_refines_ef_between_steps(collection):
+    """The refined efSearch lies between the first ladder step that reaches the target and the step below, and reaches it too."""
+    vectors, queries, table, searcher = collection
+    allowed = AllowedSet(np.ones(COUNT, dtype=bool))
+    truth = list(brute_force(vectors, queries, allowed.mask, K))
+    ladder = (10, 16, 32, 64, 128)
+
+    def recall_at(ef):
+        rows = searcher.search(queries, allowed, K, "hnsw", ef=int(ef)).rows
+        return np.mean([len(set(r.tolist()) & set(t.tolist())) / len(t) for r, t in zip(rows, truth)])
+
+    target = recall_at(13)
+    if not recall_at(10) < target < recall_at(16):
+        pytest.skip("recall does not grow between efSearch 10 and 16 on this build of the graph")
+    position, ef, recall = planner_module._climb(searcher, "hnsw", queries, K, allowed, truth, 1.0, target, ladder, 0)
+    assert ladder[position] == 16
+    assert 10 < ef <= 16
+    assert recall == pytest.approx(recall_at(ef))
+    assert recall >= target
+    expected = math.ceil(10 + 6 * (target - recall_at(10)) / (recall_at(16) - recall_at(10)))
+    assert ef == (expected if recall_at(expected) >= target else 16)
 
 
 def test_local_selectivity_sees_correlated_filter(collection):

@@ -11,7 +11,8 @@ by :func:`calibrate`:
 * ``hnsw``, ``ivf``, ``hnswlib``, ``postfilter``: at selectivities from 100%
   down to 0.2% in 1-2-5 steps (those that leave at least 50 rows), on a filter
   of uniformly random rows, the smallest knob on a ladder whose recall@k
-  against exact search reaches ``target_recall``, and the time per query at
+  against exact search reaches ``target_recall`` (refined between the ladder's
+  steps, see :func:`_climb`), and the time per query at
   that knob, counting the exact fallback for queries that come back short. IVF must also
   reach the target on a filter correlated with the vectors (the rows nearest
   one random document). Climbing stops once a run
@@ -62,7 +63,7 @@ from retk.ann.regions import Regions
 
 logger = logging.getLogger(__name__)
 
-CALIBRATION_VERSION = 2
+CALIBRATION_VERSION = 3
 CALIBRATION_SELECTIVITIES = (1.0, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002)
 CALIBRATION_MIN_ROWS = 50
 CALIBRATION_QUERIES = 256
@@ -199,45 +200,76 @@ def _calibrate_strategy(searcher, strategy, sample, k, levels, masks, truths, ex
     unreached: list[float] = []
     start_at = 0
     for selectivity in levels:
-        needed_position = None
-        seconds_per_query = 0.0
-        recall_seen = 0.0
+        found = []
         for allowed, truth, exact_time in zip(masks[selectivity], truths[selectivity], exact_seconds[selectivity]):
-            position = start_at
-            while position < len(ladder):
-                knob = _knob_arguments(strategy, ladder[position], k, allowed)
-                hits = searcher.search(sample, allowed, k, strategy, **knob)
-                recall = _recall(hits.rows, truth)
-                if recall >= target_recall:
-                    break
-                if hits.seconds > CALIBRATION_BUDGET * max(exact_time, BUDGET_FLOOR_SECONDS):
-                    position = len(ladder)
-                    break
-                position += 1
-            if position >= len(ladder):
-                needed_position = None
+            result = _climb(searcher, strategy, sample, k, allowed, truth, exact_time, target_recall, ladder, start_at)
+            if result is None:
                 break
-            knob = _knob_arguments(strategy, ladder[position], k, allowed)
-            seconds = min(searcher.search(sample, allowed, k, strategy, **knob).seconds for _ in range(3))
-            seconds_per_query = max(seconds_per_query, seconds / len(sample))
-            recall_seen = recall if needed_position is None else min(recall_seen, recall)
-            needed_position = position if needed_position is None else max(needed_position, position)
-        if needed_position is None:
+            found.append(result)
+        if len(found) < len(masks[selectivity]):
             unreached.append(selectivity)
             break
-        start_at = needed_position
+        start_at = max(position for position, _, _ in found)
+        knob = max(value for _, value, _ in found)
+        seconds = max(
+            min(searcher.search(sample, allowed, k, strategy, **_knob_arguments(strategy, knob, k, allowed)).seconds for _ in range(3))
+            for allowed in masks[selectivity]
+        )
         points.append(
             {
                 "selectivity": selectivity,
-                KNOB_OF[strategy]: ladder[needed_position],
-                "ms_per_query": round(seconds_per_query * 1e3, 5),
-                "recall": round(recall_seen, 4),
+                KNOB_OF[strategy]: knob,
+                "ms_per_query": round(seconds / len(sample) * 1e3, 5),
+                "recall": round(min(recall for _, _, recall in found), 4),
             }
         )
     # A sparser filter does not make a strategy cheaper, so a lower time at a lower selectivity is timing noise.
     for previous, point in zip(points, points[1:]):
         point["ms_per_query"] = max(point["ms_per_query"], previous["ms_per_query"])
     return {"knob": KNOB_OF[strategy], "points": points, "unreached": unreached}
+
+
+def _climb(searcher, strategy, sample, k, allowed, truth, exact_time, target_recall, ladder, start) -> tuple[int, float, float] | None:
+    """Return ``(ladder position, knob, recall)`` for the smallest knob that reaches ``target_recall``, or None.
+
+    The knob climbs the ladder from ``start`` to the first step that reaches the
+    target. Between that step and the one below it, recall is then
+    interpolated linearly. The interpolated knob is kept if a measurement shows
+    that it reaches the target too.
+    """
+
+    def measure(value: float) -> tuple[float, float]:
+        hits = searcher.search(sample, allowed, k, strategy, **_knob_arguments(strategy, value, k, allowed))
+        return _recall(hits.rows, truth), hits.seconds
+
+    below = None
+    for position in range(start, len(ladder)):
+        recall, seconds = measure(ladder[position])
+        if recall >= target_recall:
+            if position == 0:
+                return position, ladder[position], recall
+            if below is None:
+                below = measure(ladder[position - 1])[0]
+            if below >= target_recall:
+                return position, ladder[position], recall
+            lower, upper = ladder[position - 1], ladder[position]
+            candidate = _round_up(strategy, lower + (upper - lower) * (target_recall - below) / (recall - below))
+            if candidate < upper:
+                refined = measure(candidate)[0]
+                if refined >= target_recall:
+                    return position, candidate, refined
+            return position, upper, recall
+        if seconds > CALIBRATION_BUDGET * max(exact_time, BUDGET_FLOOR_SECONDS):
+            return None
+        below = recall
+    return None
+
+
+def _round_up(strategy: str, value: float) -> float:
+    """Round a knob up to what the strategy takes: whole efSearch and coverage, a fetch factor to 0.01."""
+    if KNOB_OF[strategy] == "fetch_factor":
+        return math.ceil(value * 100) / 100
+    return math.ceil(value)
 
 
 def _ladder(searcher: FilteredSearcher, strategy: str) -> tuple:
