@@ -54,6 +54,8 @@ from retk.training.moe import RouterSettings, train_moe
 
 logger = logging.getLogger("moe_domains")
 BIO, ENC = "biomedical", "encyclopedic"
+# The rows scored on the whole SciFact corpus with --full-scifact-length.
+FULL_SCIFACT_ROWS = ("base", "scifact-only", "mixed", "moe-enforced")
 
 
 def parse_arguments() -> argparse.Namespace:
@@ -84,9 +86,6 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--throughput-rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args()
-
-
-FULL_SCIFACT_ROWS = ("base", "scifact-only", "mixed", "moe-enforced")
 
 
 def first(items: list, count: int) -> list:
@@ -279,11 +278,12 @@ def main() -> None:
         # The whole corpus contains the SciFact documents whose title → abstract pairs were trained on; no test claim was trained on.
         full = results.setdefault("full_scifact", {"max_seq_length": args.full_scifact_length})
         for row, make in encoder_rows(models, args.full_scifact_length).items():
-            if row in FULL_SCIFACT_ROWS and row not in full:
-                full[row] = timed(f"evaluate {row} on the whole SciFact corpus", results,
-                                  lambda: score(make(BIO), root / "scifact", workspace / "indexes" / f"{row}-scifact-full"))
-                logger.info("%s on the whole SciFact corpus: %s", row, full[row])
-                save()
+            if row not in FULL_SCIFACT_ROWS or row in full:
+                continue
+            index_folder = workspace / "indexes" / f"{row}-scifact-full"
+            full[row] = timed(f"evaluate {row} on the whole SciFact corpus", results, lambda: score(make(BIO), root / "scifact", index_folder))
+            logger.info("%s on the whole SciFact corpus: %s", row, full[row])
+            save()
 
     if "throughput" not in results:
         texts = [d.content for d in CorpusReader(scifact_folder / "corpus.jsonl")][: args.throughput_documents]

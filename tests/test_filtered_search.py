@@ -15,9 +15,9 @@ import pyarrow as pa
 import pytest
 
 from retk.ann import filtered as filtered_module
+from retk.ann import planner as planner_module
 from retk.ann.filter_language import Filter
 from retk.ann.filtered import STRATEGIES, AllowedSet, FilteredSearcher, build_hnswlib, hnswlib_available
-from retk.ann import planner as planner_module
 from retk.ann.planner import Planner, calibrate
 from retk.errors import RetkError
 from retk.retrieval import build_index
@@ -179,8 +179,8 @@ def test_planner_calibration_and_explain(collection):
     assert planner.plan(tiny, len(queries), K).strategy == "exact"
 
 
-def test_calibration_refines_ef_between_steps(collection):
-    """The refined efSearch lies between the first ladder step that reaches the target and the step below, and reaches it too."""
+def test_calibration_refines_ef(collection):
+    """The refined efSearch lies between the first ladder step that reaches the target and the step below, and reaches the target."""
     vectors, queries, table, searcher = collection
     allowed = AllowedSet(np.ones(COUNT, dtype=bool))
     truth = list(brute_force(vectors, queries, allowed.mask, K))

@@ -211,10 +211,13 @@ def _calibrate_strategy(searcher, strategy, sample, k, levels, masks, truths, ex
             break
         start_at = max(position for position, _, _ in found)
         knob = max(value for _, value, _ in found)
-        seconds = max(
-            min(searcher.search(sample, allowed, k, strategy, **_knob_arguments(strategy, knob, k, allowed)).seconds for _ in range(3))
-            for allowed in masks[selectivity]
-        )
+
+        # Time the chosen knob on every filter, best of three, and keep the slowest filter's time.
+        seconds = 0.0
+        for allowed in masks[selectivity]:
+            arguments = _knob_arguments(strategy, knob, k, allowed)
+            best = min(searcher.search(sample, allowed, k, strategy, **arguments).seconds for _ in range(3))
+            seconds = max(seconds, best)
         points.append(
             {
                 "selectivity": selectivity,
@@ -233,9 +236,9 @@ def _climb(searcher, strategy, sample, k, allowed, truth, exact_time, target_rec
     """Return ``(ladder position, knob, recall)`` for the smallest knob that reaches ``target_recall``, or None.
 
     The knob climbs the ladder from ``start`` to the first step that reaches the
-    target. Between that step and the one below it, recall is then
-    interpolated linearly. The interpolated knob is kept if a measurement shows
-    that it reaches the target too.
+    target. Recall is then interpolated linearly between that step and the one
+    below it, and the interpolated knob is kept if a measurement shows that it
+    reaches the target too.
     """
 
     def measure(value: float) -> tuple[float, float]:
@@ -246,23 +249,34 @@ def _climb(searcher, strategy, sample, k, allowed, truth, exact_time, target_rec
     for position in range(start, len(ladder)):
         recall, seconds = measure(ladder[position])
         if recall >= target_recall:
-            if position == 0:
-                return position, ladder[position], recall
-            if below is None:
-                below = measure(ladder[position - 1])[0]
-            if below >= target_recall:
-                return position, ladder[position], recall
-            lower, upper = ladder[position - 1], ladder[position]
-            candidate = _round_up(strategy, lower + (upper - lower) * (target_recall - below) / (recall - below))
-            if candidate < upper:
-                refined = measure(candidate)[0]
-                if refined >= target_recall:
-                    return position, candidate, refined
-            return position, upper, recall
+            return (position, *_refine(measure, strategy, ladder, position, recall, below, target_recall))
         if seconds > CALIBRATION_BUDGET * max(exact_time, BUDGET_FLOOR_SECONDS):
             return None
         below = recall
     return None
+
+
+def _refine(measure, strategy, ladder, position, recall, below, target_recall) -> tuple[float, float]:
+    """Return ``(knob, recall)``: the interpolated knob below ``ladder[position]`` if it reaches the target, else that step.
+
+    ``below`` is the recall at the step below, or None when it was not measured yet.
+    """
+    upper = ladder[position]
+    if position == 0:
+        return upper, recall
+
+    lower = ladder[position - 1]
+    if below is None:
+        below = measure(lower)[0]
+    if below >= target_recall:
+        return upper, recall
+
+    candidate = _round_up(strategy, lower + (upper - lower) * (target_recall - below) / (recall - below))
+    if candidate < upper:
+        refined = measure(candidate)[0]
+        if refined >= target_recall:
+            return candidate, refined
+    return upper, recall
 
 
 def _round_up(strategy: str, value: float) -> float:
