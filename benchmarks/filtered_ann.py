@@ -15,7 +15,10 @@ text goes through the real filter language to a bitmap, the exact filtered
 top-10 is the ground truth, and each strategy's knob (efSearch, nprobe,
 over-fetch) is bisected on the planner's ladder for the smallest value whose recall@10 >= 0.95; the
 QPS at that knob is the strategy's figure. The planner runs with the knobs it
-chooses itself (cost model calibrated on the same index) and no oracle. All
+chooses itself (cost model calibrated on the same index) and no oracle, twice:
+calibrated on documents moved off themselves by noise (the default), and on
+``--calibration-sample`` other queries drawn from the mixture (a sample of the
+workload, as ``retk index --calibration-queries`` takes). All
 queries of a filter are searched as one batch. Times are single-threaded,
 then re-measured with 2 threads at the same knobs. Build time and memory
 (serialized index bytes; the float32 matrix for exact) are per strategy.
@@ -43,18 +46,24 @@ from threadpoolctl import threadpool_limits
 
 from retk.ann.filter_language import Filter
 from retk.ann.filtered import MAX_FETCH, AllowedSet, FilteredSearcher, build_hnswlib, hnswlib_available
-from retk.ann.planner import COVERAGE_LADDER, EF_LADDER, FETCH_FACTORS, Planner, calibrate, describe_knobs, fetch_for
+from retk.ann.planner import COVERAGE_LADDER, EF_LADDER, FETCH_FACTORS, Planner, apply_base_knobs, calibrate, describe_knobs, fetch_for
 
 K = 10
-# Each reported time is the best of this many runs: the machine is shared, and the minimum is least disturbed.
-REPEATS = 3
+# Each reported time is the best of this many rounds, each round running every strategy and planner once in turn,
+# so that a passing disturbance of the machine does not fall on one of them alone.
+REPEATS = 5
 TARGET = 0.95
 SELECTIVITIES = (0.001, 0.01, 0.1, 0.5, 1.0)
 KINDS = ("categorical", "correlated", "range", "multilabel")
 
 
-def make_data(documents: int, dimension: int, queries: int, clusters: int, seed: int):
-    """Return ``(vectors, query_vectors, cluster_of_row)`` from a Zipf-sized Gaussian mixture."""
+def make_data(documents: int, dimension: int, queries: int, clusters: int, seed: int, sample: int = 0):
+    """Return ``(vectors, query_vectors, cluster_of_row, workload_sample)`` from a Zipf-sized Gaussian mixture.
+
+    ``workload_sample`` is ``sample`` more queries from the same mixture,
+    drawn after the others (so the queries do not depend on ``sample``), for
+    the planner that calibrates on a sample of the workload.
+    """
     rng = np.random.default_rng(seed)
     centers = rng.standard_normal((clusters, dimension)).astype(np.float32)
     weights = 1.0 / np.arange(1, clusters + 1) ** 0.8
@@ -73,7 +82,8 @@ def make_data(documents: int, dimension: int, queries: int, clusters: int, seed:
 
     vectors, labels = draw(documents)
     query_vectors, _ = draw(queries)
-    return vectors, query_vectors, labels
+    workload, _ = draw(sample)
+    return vectors, query_vectors, labels, workload
 
 
 def make_attributes(labels: np.ndarray, seed: int) -> pa.Table:
@@ -137,7 +147,8 @@ def ladder_for(strategy: str, nlist: int):
 def run_strategy(searcher, queries, allowed, truth, strategy, nlist, exact_seconds, budget, max_run_seconds):
     """Find the smallest knob on the ladder whose recall reaches TARGET, by bisection (recall grows with the knob).
 
-    A run slower than ``budget`` times exact search (and than ``max_run_seconds``)
+    The result has no time: :func:`best_seconds` times every strategy at its
+    knob together. A run slower than ``budget`` times exact search (and than ``max_run_seconds``)
     ends the search upwards: larger knobs are only slower.
     """
     ladder = []
@@ -168,9 +179,21 @@ def run_strategy(searcher, queries, allowed, truth, strategy, nlist, exact_secon
         best = max(tried, key=lambda t: t["recall"])
         return {"knob": best["knob"], "recall": best["recall"], "seconds": None, "qps": None, "unreached": True, "tried": len(tried)}
     position, hits, r = found
-    knobs = ladder[position][2]
-    seconds = min([hits.seconds] + [searcher.search(queries, allowed, K, strategy, **knobs).seconds for _ in range(REPEATS - 1)])
-    return {"knob": knobs, "recall": r, "seconds": seconds, "qps": len(queries) / seconds, "fallbacks": hits.fallbacks, "tried": len(tried)}
+    return {"knob": ladder[position][2], "recall": r, "fallbacks": hits.fallbacks, "tried": len(tried)}
+
+
+def best_seconds(runs: dict, rounds: int = REPEATS) -> dict:
+    """Run each timed function twice per round, in turn, and return each one's fastest second run.
+
+    The first run of each pair warms the caches with that strategy's own data,
+    so that no strategy pays for the one that ran before it.
+    """
+    best = {name: math.inf for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            run()
+            best[name] = min(best[name], run())
+    return best
 
 
 def serialized_bytes(index) -> int:
@@ -192,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", default="1,2", help="thread counts; knobs are searched with the first")
     parser.add_argument("--budget", type=float, default=20.0, help="stop raising a knob once a run is this many times slower than exact")
     parser.add_argument("--max-run-seconds", type=float, default=10.0, help="... or once a run takes this long (0: no limit)")
+    parser.add_argument("--calibration-sample", type=int, default=1024,
+                        help="also run a planner calibrated on this many other queries from the mixture (0: only the default planner)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -211,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     with limit(threads[0]):
         started = time.perf_counter()
-        vectors, queries, labels = make_data(args.documents, args.dimension, args.queries, args.clusters, args.seed)
+        vectors, queries, labels, workload = make_data(args.documents, args.dimension, args.queries, args.clusters, args.seed, args.calibration_sample)
         table = make_attributes(labels, args.seed)
         log(f"data: {args.documents} x {args.dimension}, {args.queries} queries ({time.perf_counter() - started:.1f} s)")
         nlist = args.nlist or 2 ** round(math.log2(4 * math.sqrt(args.documents)))
@@ -244,17 +269,24 @@ def main(argv: list[str] | None = None) -> int:
     builds["postfilter"] = builds["hnsw"]
 
     searcher = FilteredSearcher(vectors, hnsw, ivf_index=ivf, hnswlib_index=graph)
+    # Each planner gets its own searcher: calibration sets the searcher's base efSearch.
+    planners, calibrations = {}, {}
+    samples = {"planner": None, **({"planner_workload": workload} if len(workload) else {})}
+    for name, sample in samples.items():
+        own = FilteredSearcher(vectors, hnsw, ivf_index=ivf, hnswlib_index=graph)
+        with limit(threads[0]):
+            started = time.perf_counter()
+            model = calibrate(own, workload=sample)
+            own.regions  # noqa: B018 - fit the k-means regions the planner reads local selectivity from, inside the timing
+            calibrations[name] = {"model": model, "seconds": time.perf_counter() - started}
+        log(f"{name} calibration: {calibrations[name]['seconds']:.1f} s on {model['queries']} queries ({model['query_source']})")
+        planners[name] = Planner(own, model)
+        builds[name] = builds["hnsw"] + builds["ivf"] + calibrations[name]["seconds"] + builds.get("hnswlib", 0.0)
+        memory[name] = memory["exact"] + memory["hnsw"] + memory["ivf"] + memory.get("hnswlib", 0)
+    report.update({"nlist": nlist, "build_seconds": builds, "memory_bytes": memory, "calibration": {n: c["model"] for n, c in calibrations.items()}})
+    # Single strategies run on the shared searcher; post-filtering searches with the default calibration's base efSearch.
+    apply_base_knobs(searcher, calibrations["planner"]["model"])
     strategies = [s for s, reason in searcher.availability().items() if reason is None and s != "exact"]
-    with limit(threads[0]):
-        started = time.perf_counter()
-        model = calibrate(searcher)
-        searcher.regions  # noqa: B018 - fit the k-means regions the planner reads local selectivity from, inside the timing
-        calibration_seconds = time.perf_counter() - started
-    log(f"calibration: {calibration_seconds:.1f} s")
-    planner = Planner(searcher, model)
-    builds["planner"] = builds["hnsw"] + builds["ivf"] + calibration_seconds + builds.get("hnswlib", 0.0)
-    memory["planner"] = memory["exact"] + memory["hnsw"] + memory["ivf"] + memory.get("hnswlib", 0)
-    report.update({"nlist": nlist, "build_seconds": builds, "memory_bytes": memory, "calibration": model})
 
     rows = []
     for selectivity in selectivities:
@@ -265,36 +297,38 @@ def main(argv: list[str] | None = None) -> int:
             filter_seconds = time.perf_counter() - started
             entry = {"selectivity": selectivity, "kind": kind, "matched": allowed.count,
                      "actual_selectivity": allowed.selectivity, "filter_seconds": filter_seconds, "filter": text[:80], "results": {}}
+            results = entry["results"]
             with limit(threads[0]):
-                exact = min((searcher.search(queries, allowed, K, "exact") for _ in range(REPEATS)), key=lambda h: h.seconds)
+                exact = searcher.search(queries, allowed, K, "exact")
                 truth = exact.rows
-                entry["results"]["exact"] = {"qps": len(queries) / exact.seconds, "seconds": exact.seconds, "recall": 1.0, "knob": {}}
+                results["exact"] = {"recall": 1.0, "knob": {}}
                 for strategy in strategies:
-                    entry["results"][strategy] = run_strategy(searcher, queries, allowed, truth, strategy, nlist, exact.seconds, args.budget, args.max_run_seconds)
-                hits, plan = min((planner.search(queries, allowed, K) for _ in range(REPEATS)), key=lambda pair: pair[0].seconds)
-                entry["results"]["planner"] = {"qps": len(queries) / hits.seconds, "seconds": hits.seconds,
-                                               "recall": recall(hits.rows, truth), "chosen": plan.strategy, "knob": describe_knobs(plan.knobs),
-                                               "fallbacks": hits.fallbacks}
-            for count in threads[1:]:
+                    results[strategy] = run_strategy(searcher, queries, allowed, truth, strategy, nlist, exact.seconds, args.budget, args.max_run_seconds)
+                for name, planner in planners.items():
+                    hits, plan = planner.search(queries, allowed, K)
+                    results[name] = {"recall": recall(hits.rows, truth), "chosen": plan.strategy, "knob": describe_knobs(plan.knobs), "fallbacks": hits.fallbacks}
+            runs = {name: (lambda planner=planner: planner.search(queries, allowed, K)[0].seconds) for name, planner in planners.items()}
+            for strategy, result in results.items():
+                if strategy not in planners and not result.get("unreached"):
+                    runs[strategy] = lambda strategy=strategy, knob=result["knob"]: searcher.search(queries, allowed, K, strategy, **knob).seconds
+            for count in threads:
+                suffix = "" if count == threads[0] else f"_{count}t"
                 with limit(count):
-                    for strategy, result in entry["results"].items():
-                        if result.get("qps") is None:
-                            continue
-                        if strategy == "planner":
-                            hits, plan = min((planner.search(queries, allowed, K) for _ in range(REPEATS)), key=lambda pair: pair[0].seconds)
-                            result[f"qps_{count}t"] = len(queries) / hits.seconds
-                            result[f"chosen_{count}t"] = plan.strategy
-                        else:
-                            seconds = min(searcher.search(queries, allowed, K, strategy, **result["knob"]).seconds for _ in range(REPEATS))
-                            result[f"qps_{count}t"] = len(queries) / seconds
-            best = max((r["qps"] for s, r in entry["results"].items() if s != "planner" and r.get("qps")), default=None)
-            entry["planner_vs_best"] = entry["results"]["planner"]["qps"] / best if best else None
+                    for name, seconds in best_seconds(runs).items():
+                        results[name][f"seconds{suffix}"] = seconds
+                        results[name][f"qps{suffix}"] = len(queries) / seconds
+            best = max((r["qps"] for s, r in entry["results"].items() if s not in planners and r.get("qps")), default=None)
+            for name in planners:
+                entry[f"{name}_vs_best"] = entry["results"][name]["qps"] / best if best else None
             rows.append(entry)
             summary = ", ".join(
                 f"{s}={r['qps']:.0f}" if r.get("qps") else f"{s}=unreached({r.get('recall')})" for s, r in entry["results"].items()
             )
-            log(f"{selectivity:g} {kind} ({allowed.count} rows): {summary}; planner chose {entry['results']['planner']['chosen']} "
-                f"recall {entry['results']['planner']['recall']:.3f}, {entry['planner_vs_best']:.2f}x best")
+            chosen = "; ".join(
+                f"{name} chose {entry['results'][name]['chosen']} recall {entry['results'][name]['recall']:.3f}, {entry[f'{name}_vs_best']:.2f}x best"
+                for name in planners
+            )
+            log(f"{selectivity:g} {kind} ({allowed.count} rows): {summary}; {chosen}")
             if args.output:
                 args.output.parent.mkdir(parents=True, exist_ok=True)
                 args.output.write_text(json.dumps({**report, "rows": rows}, indent=1, default=float) + "\n")
@@ -306,44 +340,55 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+PLANNER_TITLES = {"planner": "planner, noisy documents", "planner_workload": "planner, workload sample"}
+
+
 def markdown(report: dict) -> str:
-    """Return the tables for docs/benchmarks.md: QPS per strategy, planner ratio, slowdowns."""
+    """Return the tables for docs/benchmarks.md: QPS per strategy, each planner's choice and ratio, slowdowns."""
     rows = report["rows"]
-    strategies = [s for s in rows[0]["results"] if s != "planner"]
-    lines = ["| selectivity | filter | matched | " + " | ".join(strategies) + " | planner (chose) | planner recall | planner / best |",
-             "|---|---|---|" + "---|" * len(strategies) + "---|---|---|"]
+    planners = [s for s in rows[0]["results"] if s in PLANNER_TITLES]
+    strategies = [s for s in rows[0]["results"] if s not in PLANNER_TITLES]
+    header = "| selectivity | filter | matched | " + " | ".join(strategies)
+    for name in planners:
+        header += f" | {PLANNER_TITLES[name]} (chose) | recall | / best"
+    lines = [header + " |", "|---|---|---|" + "---|" * (len(strategies) + 3 * len(planners))]
     for entry in rows:
         cells = []
         for strategy in strategies:
             result = entry["results"][strategy]
             cells.append(f"{result['qps']:.0f}" if result.get("qps") else f"— (recall {result['recall']:.2f})")
-        planner = entry["results"]["planner"]
-        lines.append(
-            f"| {entry['selectivity']:.1%} | {entry['kind']} | {entry['matched']:,} | " + " | ".join(cells)
-            + f" | {planner['qps']:.0f} ({planner['chosen']}) | {planner['recall']:.3f} | {entry['planner_vs_best']:.2f} |"
-        )
+        for name in planners:
+            planner = entry["results"][name]
+            cells += [f"{planner['qps']:.0f} ({planner['chosen']})", f"{planner['recall']:.3f}", f"{entry[f'{name}_vs_best']:.2f}"]
+        lines.append(f"| {entry['selectivity']:.1%} | {entry['kind']} | {entry['matched']:,} | " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append("| strategy | worst QPS ratio planner / strategy | where |")
-    lines.append("|---|---|---|")
+    lines.append("| strategy | " + " | ".join(f"worst QPS ratio {PLANNER_TITLES[name]} / strategy | where" for name in planners) + " |")
+    lines.append("|---|" + "---|---|" * len(planners))
     for strategy in strategies:
-        worst, where = 0.0, ""
-        for entry in rows:
-            result = entry["results"][strategy]
-            ratio = math.inf if not result.get("qps") else entry["results"]["planner"]["qps"] / result["qps"]
-            if ratio > worst:
-                worst, where = ratio, f"{entry['selectivity']:.1%} {entry['kind']}"
-        lines.append(f"| {strategy} | {'∞ (never reaches 0.95)' if worst == math.inf else f'{worst:.1f}x'} | {where} |")
+        cells = []
+        for name in planners:
+            worst, where = max(
+                ((_ratio(entry, name, strategy), f"{entry['selectivity']:.1%} {entry['kind']}") for entry in rows), key=lambda pair: pair[0]
+            )
+            cells += ["∞ (never reaches 0.95)" if worst == math.inf else f"{worst:.1f}x", where]
+        lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
     threads = [key for key in rows[0]["results"]["exact"] if key.startswith("qps_")]
     for key in threads:
         lines.append("")
         lines.append(f"QPS with {key[4:-1]} threads, same knobs:")
         lines.append("")
-        lines.append("| selectivity | filter | " + " | ".join(strategies) + " | planner |")
-        lines.append("|---|---|" + "---|" * (len(strategies) + 1))
+        lines.append("| selectivity | filter | " + " | ".join(strategies + [PLANNER_TITLES[name] for name in planners]) + " |")
+        lines.append("|---|---|" + "---|" * (len(strategies) + len(planners)))
         for entry in rows:
-            cells = [f"{entry['results'][s].get(key, 0):.0f}" if entry["results"][s].get(key) else "—" for s in strategies + ["planner"]]
+            cells = [f"{entry['results'][s].get(key, 0):.0f}" if entry["results"][s].get(key) else "—" for s in strategies + planners]
             lines.append(f"| {entry['selectivity']:.1%} | {entry['kind']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _ratio(entry: dict, planner: str, strategy: str) -> float:
+    """Planner QPS over the strategy's at its oracle knob; infinite where the strategy never reaches the target."""
+    result = entry["results"][strategy]
+    return math.inf if not result.get("qps") else entry["results"][planner]["qps"] / result["qps"]
 
 
 if __name__ == "__main__":

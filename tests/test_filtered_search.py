@@ -202,6 +202,56 @@ def test_calibration_refines_ef(collection):
     assert ef == (expected if recall_at(expected) >= target else 16)
 
 
+def test_recall_bound_is_mean_less_z_standard_errors():
+    truth = [np.arange(10), np.arange(10), np.arange(10, 20)]
+    found = [np.arange(10), np.arange(5, 15), np.arange(12, 22)]
+    per_query = np.array([1.0, 0.5, 0.8])
+    assert planner_module._recall_bound(found, truth, 0.0) == pytest.approx(per_query.mean())
+    expected = per_query.mean() - 1.645 * per_query.std(ddof=1) / math.sqrt(3)
+    assert planner_module._recall_bound(found, truth, 1.645) == pytest.approx(expected)
+
+
+def _workload(vectors, count, seed):
+    """Documents moved by noise: stand-in queries of a workload, drawn independently of the calibration's own."""
+    rng = np.random.default_rng(seed)
+    rows = vectors[rng.choice(len(vectors), size=count, replace=False)]
+    sample = rows + 0.5 * rng.standard_normal(rows.shape).astype(np.float32) / math.sqrt(rows.shape[1])
+    return (sample / np.linalg.norm(sample, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_workload_calibration_meets_lower_bound(collection, monkeypatch):
+    """With a workload sample, the chosen efSearch reaches recall 0.95 at the sample's lower confidence bound."""
+    vectors, queries, table, searcher = collection
+    workload = _workload(vectors, 300, seed=11)
+    model = calibrate(searcher, selectivities=(1.0,), strategies=("hnsw",), workload=workload)
+    assert (model["query_source"], model["queries"], model["confidence_z"]) == ("workload sample", 300, planner_module.CONFIDENCE_Z)
+    point = model["hnsw"]["points"][0]
+    truth = brute_force(vectors, workload, np.ones(COUNT, dtype=bool), K)
+    rows = searcher.search(workload, AllowedSet.everything(COUNT), K, "hnsw", ef=int(point["ef"])).rows
+    per_query = np.array([len(set(r.tolist()) & set(t.tolist())) / K for r, t in zip(rows, truth)])
+    bound = per_query.mean() - planner_module.CONFIDENCE_Z * per_query.std(ddof=1) / math.sqrt(len(per_query))
+    assert bound >= 0.95
+    assert point["recall"] == pytest.approx(bound, abs=1e-4)
+
+    monkeypatch.setattr(planner_module, "WORKLOAD_QUERIES", 100)
+    assert calibrate(searcher, selectivities=(1.0,), strategies=("hnsw",), workload=workload)["queries"] == 100
+    with pytest.raises(ValueError, match=f"\\(n, {DIMENSION}\\) matrix, got shape \\(300, 8\\)"):
+        calibrate(searcher, selectivities=(1.0,), strategies=("hnsw",), workload=workload[:, :8])
+
+
+def test_small_ef_groups_join_the_next_larger_value():
+    rng = np.random.default_rng(5)
+    efs = np.concatenate([np.full(500, 100), rng.integers(101, 110, 60), np.full(200, 120), np.full(3, 150)])
+    merged = planner_module._merge_small_groups(efs)
+    assert np.all(merged >= efs)
+    assert set(merged.tolist()) <= set(efs.tolist())
+    values, counts = np.unique(merged, return_counts=True)
+    assert np.all(counts[:-1] >= planner_module.MIN_GROUP_QUERIES)
+    assert values[-1] == 150
+    assert np.array_equal(merged[:500], efs[:500])
+    assert np.array_equal(planner_module._merge_small_groups(np.array([16] * 70 + [32] * 70)), [16] * 70 + [32] * 70)
+
+
 def test_local_selectivity_sees_correlated_filter(collection):
     """A filter on the vectors' own cluster leaves far queries no allowed rows nearby; a random one leaves all the same share."""
     vectors, queries, table, searcher = collection
@@ -393,6 +443,36 @@ def test_cli_filter_strategy_and_explain(animal_index, monkeypatch, capsys):
     code, out, err = _retk(monkeypatch, capsys, "search", str(animal_index.path), "a pet", "--filter", "kind = ")
     assert code == 2
     assert "invalid filter at position 8 (end of expression): expected a value after '='" in err
+
+
+def test_cli_index_calibrates_on_a_query_sample(tmp_path, monkeypatch, capsys):
+    """--calibration-queries tunes the planner on the file's queries; a lexical index, an empty file and Ray refuse it."""
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": i, "title": t, "text": x, "metadata": m}) + "\n" for i, t, x, m in ANIMALS), encoding="utf-8")
+    sample = tmp_path / "queries.jsonl"
+    texts = ["a pet that purrs", "birds that sing", "wild animals", "an animal with eight legs", "a fish"]
+    sample.write_text("".join(json.dumps({"_id": f"q{n}", "text": text}) + "\n" for n, text in enumerate(texts)), encoding="utf-8")
+    code, out, err = _retk(monkeypatch, capsys, "index", str(corpus), "--out", str(tmp_path / "index"), "--calibration-queries", str(sample))
+    assert code == 0, err
+    calibration = json.loads((tmp_path / "index" / "manifest.json").read_text())["index"]["filter_calibration"]
+    assert (calibration["query_source"], calibration["queries"]) == ("workload sample", len(texts))
+    code, out, err = _retk(monkeypatch, capsys, "search", str(tmp_path / "index"), "a pet", "--filter", "kind = 'bird'", "--explain")
+    assert code == 0, err
+    assert "cost model: calibrated on this index (" in err
+    assert f", {len(texts)} queries)" in err
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("", encoding="utf-8")
+    refusals = [
+        (["--encoder", "bm25", "--calibration-queries", str(sample)], "calibration queries tune filtered approximate search, which a lexical index does not have"),
+        (["--calibration-queries", str(empty)], f"{empty}: no queries to calibrate filtered search on"),
+        (["--engine", "ray", "--calibration-queries", str(sample)], "not supported with --engine ray"),
+    ]
+    for arguments, message in refusals:
+        code, out, err = _retk(monkeypatch, capsys, "index", str(corpus), "--out", str(tmp_path / "refused"), *arguments)
+        assert code == 2, (arguments, err)
+        assert message in err, (arguments, err)
+        assert not (tmp_path / "refused").exists()
 
 
 # --- The multi-tenant example of the README -----------------------------------------------------------------

@@ -23,10 +23,17 @@ A random filter leaves every query the same share of allowed rows nearby. A
 real filter need not: one correlated with the vectors leaves some queries
 with almost none (:mod:`retk.ann.regions`). So graph search and post-filtering,
 which only see a query's neighbourhood, are costed per query at that query's
-local selectivity, and each query gets its own ``efSearch``. IVF, whose
+local selectivity, and each query gets its own ``efSearch`` (a value that
+only a few queries of the batch share is raised to the next one, so that each
+FAISS call has enough queries to spread over threads). IVF, whose
 ``coverage`` knob already follows the allowed rows list by list, is costed at
 the global selectivity. Queries whose neighbourhood lies below every
 selectivity graph search reached in calibration rule it out for the batch.
+
+The calibration queries are documents moved off themselves by noise unless a
+sample of the real workload is given (``retk index --calibration-queries``);
+with a sample, a knob must reach the target at the sample's lower confidence
+bound (:func:`calibrate`).
 
 Between calibrated selectivities the knob and the time are interpolated
 linearly in log-log space; below the smallest one, knob and time grow as
@@ -67,7 +74,12 @@ CALIBRATION_VERSION = 3
 CALIBRATION_SELECTIVITIES = (1.0, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002)
 CALIBRATION_MIN_ROWS = 50
 CALIBRATION_QUERIES = 256
+# A workload sample may hold more queries: its recall estimates the workload's, and more queries narrow the bound below.
+WORKLOAD_QUERIES = 1024
 TARGET_RECALL = 0.95
+# With a workload sample, a knob reaches the target when the one-sided 95% lower confidence bound of its mean
+# recall over the sample does (mean - z x standard error), so that the workload's recall reaches it too.
+CONFIDENCE_Z = 1.645
 EXACT_PREFERENCE = 1.05
 # A knob whose run takes this many times longer than exact search is not worth raising further: calibration
 # stops there and marks the selectivity unreached, which also bounds the calibration's time.
@@ -83,6 +95,9 @@ KNOB_OF = {"hnsw": "ef", "hnswlib": "ef", "ivf": "coverage", "postfilter": "fetc
 # IVF_FAR_SHARE of the global one (a filter correlated with the vectors).
 IVF_FAR_SHARE = 0.1
 IVF_FAR_QUERIES = 0.01
+LEVEL_STEP = math.log(1.01)
+# Queries that share an efSearch value with fewer others than this search with the next larger value (_merge_small_groups).
+MIN_GROUP_QUERIES = 64
 
 # Used when an index has no calibration: exact costs of a typical 2-core CPU, no ANN points.
 DEFAULT_MODEL: dict[str, Any] = {
@@ -106,20 +121,36 @@ def calibrate(
     target_recall: float = TARGET_RECALL,
     strategies: tuple[str, ...] | None = None,
     seed: int = 0,
+    workload: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Measure the cost model of ``searcher``'s strategies on its own vectors (see the module docstring)."""
+    """Measure the cost model of ``searcher``'s strategies on its own vectors (see the module docstring).
+
+    ``workload`` is an optional sample of real query vectors. When it is
+    given, up to ``WORKLOAD_QUERIES`` of them replace the ``queries``
+    documents moved off themselves by noise. Real queries can lie nearer to or
+    farther from the documents than the noisy documents do, and the knobs
+    follow them. Recall on a sample estimates the workload's, so a knob must
+    reach the target at the estimate's lower confidence bound
+    (``CONFIDENCE_Z``). The noisy documents are a stand-in, not a sample of
+    the workload, and their mean recall is used as it is.
+    """
     started = time.perf_counter()
     rng = np.random.default_rng(seed)
     vectors = searcher.vectors
     total = searcher.total
-    sample = _calibration_queries(vectors, min(queries, total), rng)
+    if workload is None:
+        sample, source, z = _calibration_queries(vectors, min(queries, total), rng), "documents + noise", 0.0
+    else:
+        sample, source, z = _workload_sample(workload, WORKLOAD_QUERIES, rng, vectors.shape[1]), "workload sample", CONFIDENCE_Z
     model: dict[str, Any] = {
         "version": CALIBRATION_VERSION,
         "source": "calibrated",
         "k": k,
         "documents": total,
         "queries": len(sample),
+        "query_source": source,
         "target_recall": target_recall,
+        "confidence_z": z,
         "exact": _calibrate_exact(searcher, sample, rng),
     }
     available = searcher.availability()
@@ -137,7 +168,7 @@ def calibrate(
         # Only IVF is planned at the global selectivity, so only IVF must also meet the target on a correlated filter.
         kinds = slice(None) if strategy == "ivf" else slice(0, 1)
         picked = ({s: m[kinds] for s, m in masks.items()}, {s: t[kinds] for s, t in truths.items()}, {s: e[kinds] for s, e in exact_seconds.items()})
-        model[strategy] = _calibrate_strategy(searcher, strategy, sample, k, levels, *picked, target_recall)
+        model[strategy] = _calibrate_strategy(searcher, strategy, sample, k, levels, *picked, target_recall, z)
         # The unfiltered knob becomes the base that post-filtering searches with.
         apply_base_knobs(searcher, model)
     model["seconds"] = round(time.perf_counter() - started, 3)
@@ -155,6 +186,16 @@ def _calibration_queries(vectors: np.ndarray, count: int, rng: np.random.Generat
     queries = base / norms + 0.75 * noise
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     return np.ascontiguousarray(queries * norms.mean(), dtype=np.float32)
+
+
+def _workload_sample(workload: np.ndarray, count: int, rng: np.random.Generator, dimension: int) -> np.ndarray:
+    """Up to ``count`` rows of a workload's query vectors, drawn without replacement."""
+    workload = np.asarray(workload, dtype=np.float32)
+    if workload.ndim != 2 or workload.shape[1] != dimension or len(workload) == 0:
+        raise ValueError(f"calibration queries must be a non-empty (n, {dimension}) matrix, got shape {workload.shape}")
+    if len(workload) > count:
+        workload = workload[np.sort(rng.choice(len(workload), size=count, replace=False))]
+    return np.ascontiguousarray(workload)
 
 
 def _calibration_masks(vectors: np.ndarray, selectivity: float, rng: np.random.Generator, correlated: bool) -> list[AllowedSet]:
@@ -194,7 +235,7 @@ def _calibrate_exact(searcher: FilteredSearcher, sample: np.ndarray, rng: np.ran
     }
 
 
-def _calibrate_strategy(searcher, strategy, sample, k, levels, masks, truths, exact_seconds, target_recall) -> dict[str, Any]:
+def _calibrate_strategy(searcher, strategy, sample, k, levels, masks, truths, exact_seconds, target_recall, z) -> dict[str, Any]:
     ladder = _ladder(searcher, strategy)
     points: list[dict[str, Any]] = []
     unreached: list[float] = []
@@ -202,7 +243,7 @@ def _calibrate_strategy(searcher, strategy, sample, k, levels, masks, truths, ex
     for selectivity in levels:
         found = []
         for allowed, truth, exact_time in zip(masks[selectivity], truths[selectivity], exact_seconds[selectivity]):
-            result = _climb(searcher, strategy, sample, k, allowed, truth, exact_time, target_recall, ladder, start_at)
+            result = _climb(searcher, strategy, sample, k, allowed, truth, exact_time, target_recall, ladder, start_at, z)
             if result is None:
                 break
             found.append(result)
@@ -232,18 +273,19 @@ def _calibrate_strategy(searcher, strategy, sample, k, levels, masks, truths, ex
     return {"knob": KNOB_OF[strategy], "points": points, "unreached": unreached}
 
 
-def _climb(searcher, strategy, sample, k, allowed, truth, exact_time, target_recall, ladder, start) -> tuple[int, float, float] | None:
+def _climb(searcher, strategy, sample, k, allowed, truth, exact_time, target_recall, ladder, start, z=0.0) -> tuple[int, float, float] | None:
     """Return ``(ladder position, knob, recall)`` for the smallest knob that reaches ``target_recall``, or None.
 
     The knob climbs the ladder from ``start`` to the first step that reaches the
     target. Recall is then interpolated linearly between that step and the one
     below it, and the interpolated knob is kept if a measurement shows that it
-    reaches the target too.
+    reaches the target too. Recall here is the mean over the queries less
+    ``z`` standard errors.
     """
 
     def measure(value: float) -> tuple[float, float]:
         hits = searcher.search(sample, allowed, k, strategy, **_knob_arguments(strategy, value, k, allowed))
-        return _recall(hits.rows, truth), hits.seconds
+        return _recall_bound(hits.rows, truth, z), hits.seconds
 
     below = None
     for position in range(start, len(ladder)):
@@ -307,13 +349,16 @@ def fetch_for(k: int, selectivity: float, factor: float) -> int:
     return int(math.ceil(k / max(selectivity, 1e-9) * factor))
 
 
-def _recall(found: list[np.ndarray], truth: list[np.ndarray]) -> float:
-    scores = []
-    for rows, expected in zip(found, truth):
-        if len(expected) == 0:
-            continue
-        scores.append(len(set(rows.tolist()) & set(expected.tolist())) / len(expected))
-    return float(np.mean(scores)) if scores else 1.0
+def _recall_bound(found: list[np.ndarray], truth: list[np.ndarray], z: float) -> float:
+    """Return mean recall@k over the queries less ``z`` standard errors (0: the mean itself)."""
+    scores = np.array(
+        [len(set(rows.tolist()) & set(expected.tolist())) / len(expected) for rows, expected in zip(found, truth) if len(expected)]
+    )
+    if len(scores) == 0:
+        return 1.0
+    if z == 0 or len(scores) == 1:
+        return float(scores.mean())
+    return float(scores.mean() - z * scores.std(ddof=1) / math.sqrt(len(scores)))
 
 
 def _timed(function) -> float:
@@ -409,6 +454,25 @@ def _exact_clearly_cheapest(estimates: list[Estimate]) -> bool:
     return "exact" in costs and all(costs["exact"] * 2 <= seconds for seconds in others)
 
 
+def _merge_small_groups(efs: np.ndarray) -> np.ndarray:
+    """Raise the efSearch of groups under ``MIN_GROUP_QUERIES`` queries to the next larger value in the batch.
+
+    Each distinct efSearch is one FAISS call, parallelised on its own, so a few
+    queries alone in a call leave threads idle. A larger efSearch only adds
+    recall.
+    """
+    values, counts = np.unique(efs, return_counts=True)
+    merged = efs.copy()
+    carried = 0
+    for position, (value, count) in enumerate(zip(values[:-1], counts[:-1])):
+        carried += count
+        if carried < MIN_GROUP_QUERIES:
+            merged[merged == value] = values[position + 1]
+        else:
+            carried = 0
+    return merged
+
+
 def describe_knobs(knobs: dict[str, Any]) -> str:
     """Format knobs as ``name=value`` pairs, a per-query knob as its range and median."""
     parts = []
@@ -457,12 +521,16 @@ class Planner:
     @property
     def source(self) -> str:
         if self.model.get("source") == "calibrated":
-            return f"calibrated on this index ({self.model.get('seconds', 0):.1f} s, {self.model.get('queries')} queries)"
+            queries = f"{self.model.get('queries')} {'queries' if self.model.get('query_source') == 'workload sample' else 'noisy documents'}"
+            return f"calibrated on this index ({self.model.get('seconds', 0):.1f} s, {queries})"
         return "default (no calibration in the manifest: only exact is chosen automatically)"
 
-    def estimate(self, strategy: str, allowed: AllowedSet, local: np.ndarray, k: int) -> Estimate:
-        """Estimate one strategy for a batch of queries whose local selectivities are ``local``."""
-        reason = self.searcher.availability()[strategy]
+    def estimate(self, strategy: str, allowed: AllowedSet, local: np.ndarray, k: int, available: dict[str, str | None] | None = None) -> Estimate:
+        """Estimate one strategy for a batch of queries whose local selectivities are ``local``.
+
+        ``available`` is the searcher's :meth:`~retk.ann.filtered.FilteredSearcher.availability`, when the caller has it.
+        """
+        reason = (available or self.searcher.availability())[strategy]
         if reason is not None:
             return Estimate(strategy, None, note=f"unavailable: {reason}")
         if strategy == "exact":
@@ -492,12 +560,14 @@ class Planner:
 
     def _graph(self, strategy: str, section: dict[str, Any], allowed: AllowedSet, local: np.ndarray, k: int) -> Estimate:
         """Estimate graph search per query at its local selectivity, so each query gets its own efSearch."""
-        levels, inverse = np.unique(np.maximum(local, 1.0 / max(allowed.total, 1)), return_inverse=True)
+        # Rounding each local selectivity down to a 1% step (a slightly larger efSearch) leaves few levels to interpolate.
+        floor = np.maximum(local, 1.0 / max(allowed.total, 1))
+        levels, inverse = np.unique(np.exp(np.floor(np.log(floor) / LEVEL_STEP) * LEVEL_STEP), return_inverse=True)
         curves = [self._curve(section, float(level)) for level in levels]
         missing = int(sum(np.count_nonzero(inverse == position) for position, curve in enumerate(curves) if curve is None))
         if missing:
             return Estimate(strategy, None, note=f"{missing} of {len(local)} queries have too few allowed rows nearby to reach recall {self._target()}")
-        efs = np.array([int(min(math.ceil(curve[0]), EF_LADDER[-1] * 4)) for curve in curves])[inverse]
+        efs = _merge_small_groups(np.array([int(min(math.ceil(curve[0]), EF_LADDER[-1] * 4)) for curve in curves])[inverse])
         seconds = sum(curves[position][1] for position in inverse) * 1e-3
         extrapolated = " (extrapolated below the calibrated selectivities)" if any(curve[2] for curve in curves) else ""
         knobs = {"ef": int(efs[0]) if len(set(efs.tolist())) == 1 else efs}
@@ -540,12 +610,13 @@ class Planner:
         if strategy != "auto" and strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy '{strategy}'; expected auto or one of {', '.join(STRATEGIES)}")
         count = queries if isinstance(queries, int) else len(queries)
+        available = self.searcher.availability()
         # First pass: every query at the global selectivity.
-        estimates = [self.estimate(name, allowed, np.full(count, allowed.selectivity), k) for name in STRATEGIES]
+        estimates = [self.estimate(name, allowed, np.full(count, allowed.selectivity), k, available) for name in STRATEGIES]
         if not isinstance(queries, int) and 0 < allowed.count and not _exact_clearly_cheapest(estimates):
             # Reading each query's neighbourhood costs a product with every region centroid, so it is done only when it can change the choice.
             local = self.local_selectivity(allowed, queries)
-            estimates = [self.estimate(name, allowed, local, k) for name in STRATEGIES]
+            estimates = [self.estimate(name, allowed, local, k, available) for name in STRATEGIES]
         queries = count
         by_name = {e.strategy: e for e in estimates}
         source = self.source
@@ -553,8 +624,8 @@ class Planner:
             return Plan("exact", {}, 0, allowed.total, queries, "the filter matches no document: nothing to search", estimates, model_source=source, requested=strategy)
         if strategy != "auto":
             chosen = by_name[strategy]
-            if chosen.seconds is None and self.searcher.availability()[strategy] is not None:
-                raise ValueError(f"strategy '{strategy}' is not available: {self.searcher.availability()[strategy]}")
+            if chosen.seconds is None and available[strategy] is not None:
+                raise ValueError(f"strategy '{strategy}' is not available: {available[strategy]}")
             knobs = chosen.knobs or self._default_knobs(strategy, allowed, k)
             return Plan(strategy, knobs, allowed.count, allowed.total, queries, f"strategy '{strategy}' was requested", estimates, model_source=source, requested=strategy)
         if allowed.count <= k:
@@ -594,9 +665,11 @@ class Planner:
         return {}
 
     def search(self, queries: np.ndarray, allowed: AllowedSet, k: int, strategy: str = "auto"):
-        """Plan, run, and return ``(hits, plan)``."""
+        """Plan, run, and return ``(hits, plan)``; ``hits.seconds`` counts the planning too."""
+        started = time.perf_counter()
         plan = self.plan(allowed, queries, k, strategy)
         hits = self.searcher.search(queries, allowed, k, plan.strategy, **plan.knobs)
+        hits.seconds = time.perf_counter() - started
         plan.fallbacks = hits.fallbacks
         plan.seconds = hits.seconds
         if hits.knobs:

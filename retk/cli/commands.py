@@ -39,10 +39,14 @@ def index_command(
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address, e.g. ray://head:10001 or auto; default: start a local Ray instance on 127.0.0.1."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Encoder actors with --engine ray (default: one per GPU, or per CPU without GPUs)."),
     gpus_per_worker: Optional[float] = typer.Option(None, "--gpus-per-worker", help="GPUs each encoder actor reserves with --engine ray (default: 1 when the cluster has GPUs, else 0)."),
+    calibration_queries: Optional[Path] = typer.Option(None, "--calibration-queries", help="BEIR queries.jsonl with a sample of the queries this index will serve; the filtered-search planner tunes its knobs on them instead of on noisy documents."),
 ) -> None:
     """Build an index folder from a corpus."""
     if engine not in INDEX_ENGINES:
         raise typer.BadParameter(f"unknown engine '{engine}'; expected one of {', '.join(INDEX_ENGINES)}", param_hint="--engine")
+    if calibration_queries is not None and engine == "ray":
+        # NOTE: a Ray build calibrates on noisy documents; passing a query sample to it is not built yet.
+        raise typer.BadParameter("is not supported with --engine ray yet", param_hint="--calibration-queries")
     if domain is not None:
         encoder = _route_by_domain(load_encoder(encoder), domain)
     if instruction is not None:
@@ -52,7 +56,7 @@ def index_command(
         options = {"id_field": id_field, "title_field": title_field, "text_field": text_field}
     with _progress() as progress:
         task = progress.add_task(f"indexing {corpus.name}", total=None)
-        build_function, engine_options = build_index, {"batch_documents": batch_documents}
+        build_function, engine_options = build_index, {"batch_documents": batch_documents, "calibration_queries": calibration_queries}
         if engine == "ray":
             from retk.distributed import build_index_ray  # Ray is imported only for this engine.
 

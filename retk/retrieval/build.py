@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from retk import __version__
-from retk.datasets import BeirDataset, CorpusReader, MultiCprDataset, SkipReport, is_beir_folder, is_multicpr_folder
+from retk.datasets import BeirDataset, CorpusReader, MultiCprDataset, SkipReport, is_beir_folder, is_multicpr_folder, read_queries
 from retk.embeddings import Encoder, load_encoder
+from retk.errors import InputError
 from retk.hardware import describe_hardware
 from retk.retrieval.atomic import atomic_directory
 from retk.retrieval.dense import DenseIndexBuilder
@@ -47,6 +48,7 @@ def build_index(
     batch_documents: int = DEFAULT_BATCH_DOCUMENTS,
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
+    calibration_queries: str | Path | Sequence[str] | None = None,
     **corpus_options: Any,
 ) -> Index:
     """Build an index of ``corpus`` in the folder ``out`` and open it.
@@ -57,14 +59,19 @@ def build_index(
     local sentence-transformers folder or an :class:`~retk.embeddings.Encoder`.
     ``index_spec`` is a FAISS factory string or ``"auto"``. ``progress`` is
     called with ``(documents_done, documents_expected)`` after each batch.
+    ``calibration_queries`` (a BEIR ``queries.jsonl`` or a list of query
+    texts) is a sample of the queries the index will serve: a dense index
+    calibrates its filtered-search planner on them instead of on noisy
+    documents (:func:`retk.ann.planner.calibrate`).
     The folder appears only when complete (see :func:`atomic_directory`).
     """
     reader = open_corpus(corpus, **corpus_options)
     encoder = load_encoder(encoder)
+    extra = calibration_options(encoder, calibration_queries)
     expected = reader.count()
     started = time.perf_counter()
     with atomic_directory(out, overwrite=overwrite) as folder:
-        builder = BUILDERS[encoder.kind](encoder, folder, index_spec)
+        builder = BUILDERS[encoder.kind](encoder, folder, index_spec, **extra)
         store = DocumentStoreWriter(folder, reader.path)
         for batch in reader.batches(batch_documents):
             store.add(batch)
@@ -88,6 +95,22 @@ def build_index(
         write_manifest(folder, manifest)
     logger.info("built %s: %d documents in %.1f s", out, store.count, manifest["build"]["seconds"])
     return Index.open(out)
+
+
+def calibration_options(encoder: Encoder, queries: str | Path | Sequence[str] | None) -> dict[str, Any]:
+    """Return the builder's ``calibration_queries`` option, read and checked before any document is encoded."""
+    if queries is None:
+        return {}
+    if encoder.kind != "dense":
+        raise ValueError(f"calibration queries tune filtered approximate search, which a {encoder.kind} index does not have")
+    if isinstance(queries, (str, Path)):
+        texts = list(read_queries(queries).values())
+        if not texts:
+            raise InputError("no queries to calibrate filtered search on", path=queries)
+        return {"calibration_queries": texts}
+    if not queries:
+        raise ValueError("calibration queries: the list is empty")
+    return {"calibration_queries": list(queries)}
 
 
 def assemble_manifest(

@@ -42,10 +42,11 @@ class DenseIndexBuilder:
     rebuilds need no re-encoding.
     """
 
-    def __init__(self, encoder: DenseEncoder, folder: Path, index_spec: str = "auto") -> None:
+    def __init__(self, encoder: DenseEncoder, folder: Path, index_spec: str = "auto", calibration_queries: Sequence[str] | None = None) -> None:
         self.encoder = encoder
         self.folder = folder
         self.index_spec = index_spec
+        self.calibration_queries = calibration_queries
         self.count = 0
         self.encode_seconds = 0.0
         self._embeddings = (folder / EMBEDDINGS_NAME).open("wb")
@@ -71,26 +72,36 @@ class DenseIndexBuilder:
         index = build_faiss_index(vectors, spec)
         write_faiss_index(index, self.folder / FAISS_NAME)
         section = dense_manifest_section(dimension, self.encoder.similarity, spec, self.encode_seconds, time.perf_counter() - started)
-        add_filter_calibration(section, vectors, index, self.folder)
+        add_filter_calibration(section, vectors, index, self.folder, encode_workload(self.encoder, self.calibration_queries))
         return section
 
 
-def add_filter_calibration(section: dict[str, Any], vectors: np.ndarray, index: Any, folder: Path) -> None:
+def encode_workload(encoder: DenseEncoder, texts: Sequence[str] | None) -> np.ndarray | None:
+    """Encode a sample of real queries for the filtered-search calibration, or return None without one."""
+    if not texts:
+        return None
+    return encoder.encode_queries(list(texts))
+
+
+def add_filter_calibration(section: dict[str, Any], vectors: np.ndarray, index: Any, folder: Path, workload: np.ndarray | None = None) -> None:
     """Calibrate filtered search and write the k-means regions into ``folder``, recording both in ``section``.
 
+    ``workload`` holds query vectors to calibrate on (see :func:`retk.ann.planner.calibrate`).
     Skipped when ``RETK_FILTER_CALIBRATION=0``; the planner then only chooses exact search.
     """
     if os.environ.get(CALIBRATION_VARIABLE, "1") == "0":
+        if workload is not None:
+            logger.warning("%s=0: calibration queries are ignored and the planner will choose exact search", CALIBRATION_VARIABLE)
         return
     regions = Regions.fit(vectors)
-    calibration = calibrate_filtered_search(vectors, index, regions)
+    calibration = calibrate_filtered_search(vectors, index, regions, workload)
     if calibration is not None:
         section["index"]["filter_calibration"] = calibration
         regions.save(folder / REGIONS_NAME)
         section["files"].append(REGIONS_NAME)
 
 
-def calibrate_filtered_search(vectors: np.ndarray, index: Any, regions: Regions) -> dict[str, Any] | None:
+def calibrate_filtered_search(vectors: np.ndarray, index: Any, regions: Regions, workload: np.ndarray | None = None) -> dict[str, Any] | None:
     """Measure the filtered-search cost model (:mod:`retk.ann.planner`) of a new index; never fails a build.
 
     Done once at build time because the finished index folder is immutable
@@ -100,7 +111,7 @@ def calibrate_filtered_search(vectors: np.ndarray, index: Any, regions: Regions)
 
     try:
         apply_search_parameters(index, SearchParameters())
-        return calibrate_dense_index(vectors, index, regions)
+        return calibrate_dense_index(vectors, index, regions, workload=workload)
     except (RuntimeError, ValueError, MemoryError, OSError) as error:
         logger.warning("filtered-search calibration failed (%s); the planner will choose exact search", error)
         return None
