@@ -463,16 +463,20 @@ def test_cli_index_calibrates_on_a_query_sample(tmp_path, monkeypatch, capsys):
 
     empty = tmp_path / "empty.jsonl"
     empty.write_text("", encoding="utf-8")
-    refusals = [
+    rejected = [
         (["--encoder", "bm25", "--calibration-queries", str(sample)], "calibration queries tune filtered approximate search, which a lexical index does not have"),
         (["--calibration-queries", str(empty)], f"{empty}: no queries to calibrate filtered search on"),
         (["--engine", "ray", "--calibration-queries", str(sample)], "not supported with --engine ray"),
     ]
-    for arguments, message in refusals:
+    for arguments, message in rejected:
         code, out, err = _retk(monkeypatch, capsys, "index", str(corpus), "--out", str(tmp_path / "refused"), *arguments)
         assert code == 2, (arguments, err)
         assert message in err, (arguments, err)
         assert not (tmp_path / "refused").exists()
+
+    with pytest.raises(ValueError, match="calibration queries: the list is empty"):
+        build_index(corpus, tmp_path / "refused", "minilm", calibration_queries=[])
+    assert not (tmp_path / "refused").exists()
 
 
 # --- The multi-tenant example of the README -----------------------------------------------------------------

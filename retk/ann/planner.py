@@ -31,8 +31,8 @@ the global selectivity. Queries whose neighbourhood lies below every
 selectivity graph search reached in calibration rule it out for the batch.
 
 The calibration queries are documents moved off themselves by noise unless a
-sample of the real workload is given (``retk index --calibration-queries``);
-with a sample, a knob must reach the target at the sample's lower confidence
+sample of the real workload is given (``retk index --calibration-queries``).
+With a sample, a knob must reach the target at the sample's lower confidence
 bound (:func:`calibrate`).
 
 Between calibrated selectivities the knob and the time are interpolated
@@ -95,6 +95,7 @@ KNOB_OF = {"hnsw": "ef", "hnswlib": "ef", "ivf": "coverage", "postfilter": "fetc
 # IVF_FAR_SHARE of the global one (a filter correlated with the vectors).
 IVF_FAR_SHARE = 0.1
 IVF_FAR_QUERIES = 0.01
+# Local selectivities are rounded down to steps of 1% of their value before the cost curves are read (Planner._graph).
 LEVEL_STEP = math.log(1.01)
 # Queries that share an efSearch value with fewer others than this search with the next larger value (_merge_small_groups).
 MIN_GROUP_QUERIES = 64
@@ -189,7 +190,7 @@ def _calibration_queries(vectors: np.ndarray, count: int, rng: np.random.Generat
 
 
 def _workload_sample(workload: np.ndarray, count: int, rng: np.random.Generator, dimension: int) -> np.ndarray:
-    """Up to ``count`` rows of a workload's query vectors, drawn without replacement."""
+    """Return up to ``count`` rows of a workload's query vectors, drawn without replacement."""
     workload = np.asarray(workload, dtype=np.float32)
     if workload.ndim != 2 or workload.shape[1] != dimension or len(workload) == 0:
         raise ValueError(f"calibration queries must be a non-empty (n, {dimension}) matrix, got shape {workload.shape}")
